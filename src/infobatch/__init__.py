@@ -1,0 +1,34 @@
+"""infobatch: unbiased dynamic data pruning (InfoBatch, ICLR 2024) for PyTorch."""
+
+from .dataset import InfoBatch
+from .distributed import Collectives, TorchCollectives
+from .errors import InfoBatchError
+from .plan import EpochPlan, build_plan
+from .rng import epoch_generator
+from .rule import KeepAll, PruningRule, Selection, SoftPruning
+from .sampler import STATE_VERSION, InfoBatchSampler
+from .schedule import AnnealingSchedule
+from .scores import ScoreTable
+from .stats import EpochStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnnealingSchedule",
+    "Collectives",
+    "EpochPlan",
+    "EpochStats",
+    "InfoBatch",
+    "InfoBatchError",
+    "InfoBatchSampler",
+    "KeepAll",
+    "PruningRule",
+    "STATE_VERSION",
+    "ScoreTable",
+    "Selection",
+    "SoftPruning",
+    "TorchCollectives",
+    "build_plan",
+    "epoch_generator",
+    "__version__",
+]

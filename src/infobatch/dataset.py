@@ -1,0 +1,137 @@
+"""The three-line wrapper: ``InfoBatch(dataset, num_epochs, prune_ratio, delta)``."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .distributed import Collectives
+from .rule import PruningRule
+from .sampler import IndexLike, InfoBatchSampler
+from .stats import EpochStats
+
+__all__ = ["InfoBatch"]
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class InfoBatch(Dataset[T_co], Generic[T_co]):
+    """Wrap a map-style dataset for InfoBatch training; items and batches are unchanged.
+
+    Usage (the official three lines)::
+
+        dataset = InfoBatch(train_set, num_epochs=200, prune_ratio=0.5, delta=0.875)
+        loader = DataLoader(dataset, batch_size=128, sampler=dataset.sampler, num_workers=4)
+        ...
+        loss = dataset.update(criterion(model(x), y))  # criterion(reduction='none')
+        loss.backward()
+
+    Attributes of the wrapped dataset stay reachable (``dataset.classes``). Arguments are
+    those of :class:`InfoBatchSampler`, with ``num_samples = len(dataset)``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[T_co],
+        num_epochs: int,
+        prune_ratio: float = 0.5,
+        delta: float = 0.875,
+        *,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        rule: PruningRule | None = None,
+        collectives: Collectives | None = None,
+    ) -> None:
+        try:
+            size = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"InfoBatch needs a map-style dataset with __len__ and __getitem__; "
+                f"{type(dataset).__name__} has no length (iterable datasets are not supported)"
+            ) from None
+        if size == 0:
+            raise ValueError("the dataset is empty; InfoBatch needs at least one sample")
+        self.dataset = dataset
+        self._sampler = InfoBatchSampler(
+            size,
+            num_epochs,
+            prune_ratio,
+            delta,
+            seed=seed,
+            drop_last=drop_last,
+            num_replicas=num_replicas,
+            rank=rank,
+            rule=rule,
+            collectives=collectives,
+        )
+
+    def __getitem__(self, index: int) -> T_co:
+        return self.dataset[index]
+
+    def __len__(self) -> int:
+        """Size of the wrapped dataset (the loader's length comes from :attr:`sampler`)."""
+        return self._sampler.num_samples
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names not found normally; guard against recursion while unpickling.
+        if name.startswith("__") or "dataset" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["dataset"], name)
+
+    @property
+    def sampler(self) -> InfoBatchSampler:
+        """The sampler to give the ``DataLoader`` (always the same object)."""
+        return self._sampler
+
+    def update(
+        self, loss: Tensor, *, indices: IndexLike | None = None, score: Tensor | None = None
+    ) -> Tensor:
+        """Record per-sample losses, return the weighted mean (:meth:`InfoBatchSampler.update`)."""
+        return self._sampler.update(loss, indices=indices, score=score)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Plan ``epoch`` now (optional). See :meth:`InfoBatchSampler.set_epoch`."""
+        self._sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint state (scores, epoch, position, statistics)."""
+        return self._sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self._sampler.load_state_dict(state)
+
+    @property
+    def scores(self) -> Tensor:
+        """Latest score of every sample (``nan`` = never scored)."""
+        return self._sampler.scores
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being planned or trained."""
+        return self._sampler.epoch
+
+    @property
+    def history(self) -> list[EpochStats]:
+        """Per-epoch statistics."""
+        return self._sampler.history
+
+    @property
+    def saved_fraction(self) -> float:
+        """Fraction of sample passes saved so far versus full data."""
+        return self._sampler.saved_fraction
+
+    def get_pruned_count(self) -> int:
+        """Samples skipped over all planned epochs (official API)."""
+        return self._sampler.num_pruned
+
+    def mean_score(self) -> Tensor:
+        """Mean score over scored samples (official API; ``nan`` before any update)."""
+        return self._sampler.scores.nanmean()
+
+    def __repr__(self) -> str:
+        return f"InfoBatch({self.dataset!r}, {self._sampler!r})"
