@@ -372,7 +372,7 @@ class InfoBatchSampler(Sampler[int]):
                 "DataLoader keeps the last partial batch, build InfoBatch with drop_last=False"
             )
         if loss.device != self._scores.device:
-            self._move_to(loss.device)
+            plan = self._move_to(loss.device, plan)
         start, end = self._consumed, self._consumed + batch
         if indices is None:
             if end > self._yielded:
@@ -425,11 +425,12 @@ class InfoBatchSampler(Sampler[int]):
                 )
         return tensor.to(device=self._scores.device, dtype=torch.int64, non_blocking=True)
 
-    def _move_to(self, device: torch.device) -> None:
+    def _move_to(self, device: torch.device, plan: EpochPlan) -> EpochPlan:
+        """Move scores and the current plan to the losses' device (once); return the plan."""
         self._scores.to(device)
-        if self._plan is not None:
-            self._plan = self._plan.to(device)
-            self._share = self._share.to(device)
+        self._plan = plan.to(device)
+        self._share = self._share.to(device)
+        return self._plan
 
     # ------------------------------------------------------------------ checkpointing
     def _fingerprint(self) -> dict[str, int]:
