@@ -176,3 +176,23 @@ def test_zero_ratio_update_equals_plain_mean() -> None:
         loss = torch.rand(16)
         assert torch.equal(sampler.update(loss), loss.sum() / 16)
         assert sampler.plan is not None and sampler.plan.num_kept == 16
+
+
+def test_explicit_indices_with_drop_last_end_the_epoch_at_its_last_full_batch() -> None:
+    sampler = InfoBatchSampler(10, num_epochs=3, drop_last=True)
+    order = torch.tensor(list(sampler))
+    for start in (0, 4):  # two full batches of 4; the last 2 samples are dropped by the loader
+        sampler.update(torch.rand(4), indices=order[start : start + 4])
+    assert sampler._finished
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "never reached update()" warning
+        iter(sampler)
+    assert sampler.epoch == 1
+
+
+def test_skipped_updates_are_reported_when_the_next_epoch_starts() -> None:
+    sampler = InfoBatchSampler(10, num_epochs=3)
+    list(sampler)
+    sampler.update(torch.rand(4))
+    with pytest.warns(UserWarning, match="6 of the 10 samples planned for epoch 0"):
+        iter(sampler)

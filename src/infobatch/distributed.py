@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -96,16 +97,27 @@ def resolve_replicas(
 
 
 def check_same_on_all_ranks(
-    collectives: Collectives, names: Sequence[str], values: Iterable[int]
+    collectives: Collectives,
+    names: Sequence[str],
+    values: Iterable[int],
+    float_names: Collection[str] = (),
 ) -> None:
     """Raise the same :class:`InfoBatchError` on every rank if any of ``values`` differ.
 
-    One ``all_gather`` of a few integers, done once when the sampler is built.
+    One ``all_gather`` of a few integers, done once when the sampler is built. Values named in
+    ``float_names`` are the int64 bit patterns of floats and are shown as floats in the error.
     """
     mine = torch.tensor(list(values), dtype=torch.int64)
     gathered = collectives.all_gather(mine)
+
+    def shown(name: str, value: int) -> str:
+        if name in float_names:
+            return repr(struct.unpack("<d", struct.pack("<q", value))[0])
+        return str(value)
+
     differing = [
-        f"{name}: " + ", ".join(f"rank {r}={int(t[i])}" for r, t in enumerate(gathered))
+        f"{name}: "
+        + ", ".join(f"rank {r}={shown(name, int(t[i]))}" for r, t in enumerate(gathered))
         for i, name in enumerate(names)
         if any(int(t[i]) != int(gathered[0][i]) for t in gathered)
     ]

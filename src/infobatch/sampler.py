@@ -136,7 +136,12 @@ class InfoBatchSampler(Sampler[int]):
         self._scores = ScoreTable(num_samples, track_updates=self._collectives is not None)
         if self._collectives is not None:
             fingerprint = self._fingerprint()
-            check_same_on_all_ranks(self._collectives, list(fingerprint), fingerprint.values())
+            check_same_on_all_ranks(
+                self._collectives,
+                list(fingerprint),
+                fingerprint.values(),
+                float_names=("prune_ratio", "delta"),
+            )
 
         self._epoch = 0
         self._plan: EpochPlan | None = None
@@ -304,9 +309,12 @@ class InfoBatchSampler(Sampler[int]):
         if complete:
             return
         missing = self._share.numel() - self._consumed
-        expected = 0
-        if self.drop_last and self._batch_len:
+        if self.drop_last and self._batch_len is None:
+            expected = missing  # no full batch this epoch: the loader may have dropped them all
+        elif self.drop_last and self._batch_len:
             expected = (self._share.numel() - self._start) % self._batch_len
+        else:
+            expected = 0
         if missing > expected:
             warnings.warn(
                 f"{missing} of the {self._share.numel()} samples planned for epoch "
@@ -397,6 +405,8 @@ class InfoBatchSampler(Sampler[int]):
                     f"update() received losses for {end} samples in epoch {self._epoch} but "
                     f"only {share_len} are planned on this rank; call update() once per batch"
                 )
+            if self._batch_len is None:  # drop_last needs it to see the epoch's last batch
+                self._batch_len = batch
         self._consumed = end
         weights = plan.weights_of(batch_indices)
         self._scores.record(batch_indices, score if score is not None else loss)

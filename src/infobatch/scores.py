@@ -66,8 +66,9 @@ class ScoreTable:
             raise RuntimeError("merge() needs a ScoreTable built with track_updates=True")
         contribution = torch.where(self._updated, self.values, float("-inf"))
         all_reduce_max(contribution)
-        recorded = contribution > float("-inf")
-        self.values = torch.where(recorded, contribution, self.values)
+        # In place, reusing the update mask: one N-float allocation per merge, not two.
+        unrecorded = torch.eq(contribution, float("-inf"), out=self._updated)
+        self.values = torch.where(unrecorded, self.values, contribution, out=contribution)
         self._updated.zero_()
 
     def load(self, values: Tensor) -> None:

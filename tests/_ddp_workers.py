@@ -1,0 +1,478 @@
+"""Code that runs inside the spawned ranks of the multi-process gloo tests.
+
+``launch(world_size, job, out_dir, config)`` starts ``world_size`` processes with the ``spawn``
+start method, initialises a gloo process group over TCP on a free port, runs the job on every
+rank and returns what each rank saved. Jobs train a small model under DDP for a few epochs and
+record what the tests assert on: plans, shares, batches, losses, score tables, collective calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import socket
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from infobatch import EpochPlan, InfoBatch, InfoBatchError, TorchCollectives
+
+NUM_SAMPLES = 203  # odd and not a multiple of 3: kept counts rarely divide the world size
+NUM_EPOCHS = 4
+DELTA = 0.75  # epochs 0-2 may prune, epoch 3 is a full-data (annealing) epoch
+BATCH_SIZE = 8
+SEED = 7
+LARGE_SAMPLES = 2**24 + 8  # float32 cannot tell 2**24 from 2**24 + 1
+
+Record = dict[str, Any]
+
+#: Training settings per variant. ``collectives``: "default" = found from the process group,
+#: "counted" = a counting wrapper of TorchCollectives. ``context``: start method of the
+#: DataLoader workers: fork, as under torchrun on Linux (spawned ranks would default to spawn,
+#: which costs seconds per worker; pickling for spawn is checked in ``job_train``).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": dict(
+        collectives="default", set_epoch=True, drop_last=False, num_workers=0, indices=False
+    ),
+    "no_set_epoch_workers": dict(
+        collectives="counted",
+        set_epoch=False,
+        drop_last=False,
+        num_workers=2,
+        context="fork",
+        indices=False,
+    ),
+    "drop_last_workers_indices": dict(
+        collectives="counted",
+        set_epoch=True,
+        drop_last=True,
+        num_workers=2,
+        context="fork",
+        indices=True,
+    ),
+    "drop_last_no_set_epoch": dict(
+        collectives="counted", set_epoch=False, drop_last=True, num_workers=0, indices=False
+    ),
+}
+
+
+# ---------------------------------------------------------------------- data, model, helpers
+class Blobs(Dataset[tuple[Tensor, int, int]]):
+    """``size`` points around 4 class centres; item ``i`` is ``(features, label, i)``."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        centres = 1.5 * torch.randn(4, 8, generator=generator)
+        self.labels = torch.randint(4, (size,), generator=generator)
+        self.features = centres[self.labels] + torch.randn(size, 8, generator=generator)
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        return self.features[index], int(self.labels[index]), index
+
+
+class LazyIndexed(Dataset[tuple[Tensor, int, int]]):
+    """A dataset of any length whose items are computed from the index (nothing stored)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
+        mixed = (index * 2654435761) % 1_000_003
+        features = torch.tensor([mixed / 1_000_003, (index % 977) / 977], dtype=torch.float64)
+        return features.float(), index % 4, index
+
+
+class CountingCollectives:
+    """Delegates to :class:`TorchCollectives` and logs every call, to count collectives."""
+
+    def __init__(self) -> None:
+        self.inner = TorchCollectives()
+        self.calls: list[str] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def all_reduce_max(self, tensor: Tensor) -> None:
+        self.calls.append("all_reduce_max")
+        self.inner.all_reduce_max(tensor)
+
+    def all_gather(self, tensor: Tensor) -> list[Tensor]:
+        self.calls.append("all_gather")
+        return self.inner.all_gather(tensor)
+
+
+def plan_hash(plan: EpochPlan) -> str:
+    """Digest of everything that defines an epoch plan (order, status, weight)."""
+    digest = hashlib.sha256()
+    digest.update(plan.order.cpu().numpy().tobytes())
+    digest.update(plan.status.cpu().numpy().tobytes())
+    digest.update(repr(plan.weight).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class Run:
+    """One training run on one rank: wrapped dataset, DDP model, optimiser, loader."""
+
+    dataset: InfoBatch[Any]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader[Any]
+    counter: CountingCollectives | None
+    settings: dict[str, Any]
+
+
+def make_run(variant: str, **overrides: Any) -> Run:
+    """Build the dataset, model, optimiser and loader of ``variant`` on this rank."""
+    settings = {**VARIANTS[variant], **overrides}
+    counter = CountingCollectives() if settings["collectives"] == "counted" else None
+    dataset: InfoBatch[Any] = InfoBatch(
+        Blobs(settings.get("num_samples", NUM_SAMPLES)),
+        settings.get("num_epochs", NUM_EPOCHS),
+        prune_ratio=settings.get("prune_ratio", 0.5),
+        delta=DELTA,
+        seed=settings.get("seed", SEED),
+        drop_last=settings["drop_last"],
+        collectives=counter,
+    )
+    torch.manual_seed(0)  # same initial weights on every rank and in every run
+    # One parameter tensor: with several, a fresh DDP's first step packs the gradients in
+    # another bucket layout than later steps, so with 3 ranks the sums round differently and a
+    # resumed run could not be compared with an uninterrupted one bit for bit.
+    model = DistributedDataParallel(nn.Linear(8, 4, bias=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = DataLoader(
+        dataset,
+        batch_size=BATCH_SIZE,
+        sampler=dataset.sampler,
+        drop_last=settings["drop_last"],
+        num_workers=settings["num_workers"],
+        multiprocessing_context=settings.get("context"),
+    )
+    return Run(dataset, model, optimizer, loader, counter, settings)
+
+
+def train_epochs(
+    run: Run, epochs: range, *, stop_after: tuple[int, int] | None = None
+) -> list[Record]:
+    """Train ``epochs``; return one record per epoch. ``stop_after=(epoch, batches)`` breaks."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sampler = run.dataset.sampler
+    records = []
+    for epoch in epochs:
+        record: Record = {"epoch": epoch, "calls_after_update": []}
+        if run.counter is not None:
+            record["calls_before"] = len(run.counter.calls)
+        if run.settings["set_epoch"]:
+            sampler.set_epoch(epoch)
+        yielded, losses = [], []
+        for features, labels, index in run.loader:
+            if not yielded:  # the plan of the epoch under way, as the loader sees it
+                plan = sampler.plan
+                assert plan is not None
+                record.update(
+                    plan_epoch=plan.epoch,
+                    plan_hash=plan_hash(plan),
+                    kept=plan.order.long().clone(),
+                    share=plan.share(rank, world).long().clone(),
+                    len_loader=len(run.loader),
+                )
+            loss = F.cross_entropy(run.model(features), labels, reduction="none")
+            weighted = run.dataset.update(loss, indices=index if run.settings["indices"] else None)
+            run.optimizer.zero_grad()
+            weighted.backward()
+            run.optimizer.step()
+            yielded.append(index.clone())
+            losses.append(loss.detach().clone())
+            if run.counter is not None:
+                record["calls_after_update"].append(len(run.counter.calls))
+            if stop_after == (epoch, len(yielded)):
+                break
+        record.update(
+            yielded=torch.cat(yielded),
+            losses=torch.cat(losses),
+            num_batches=len(yielded),
+            scores=run.dataset.scores.clone(),
+        )
+        records.append(record)
+    return records
+
+
+def model_parameters(run: Run) -> list[Tensor]:
+    return [p.detach().clone() for p in run.model.parameters()]
+
+
+def checkpoint(run: Run, path: Path) -> None:
+    """Save on rank 0 only, as users do; every rank waits until the file exists."""
+    if dist.get_rank() == 0:
+        torch.save(
+            {
+                "model": run.model.module.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "infobatch": run.dataset.state_dict(),
+            },
+            path,
+        )
+    dist.barrier()
+
+
+def resume(variant: str, path: Path) -> Run:
+    """Fresh run on every rank, restored from rank 0's checkpoint."""
+    state = torch.load(path, weights_only=False)
+    run = make_run(variant)
+    run.model.module.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.dataset.load_state_dict(state["infobatch"])
+    return run
+
+
+# ---------------------------------------------------------------------- jobs
+def job_train(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Every variant for all epochs."""
+    results: Record = {}
+    for variant in VARIANTS:
+        run = make_run(variant)
+        records = train_epochs(run, range(NUM_EPOCHS))
+        found = run.dataset.sampler._collectives  # what the sampler picked from the group
+        results[variant] = {
+            "records": records,
+            "calls": list(run.counter.calls) if run.counter else None,
+            "collectives_type": type(found).__name__,
+            "collectives_device": str(found.device) if found is not None else None,
+            "parameters": model_parameters(run),
+            "pickled": pickled_copy_works(run.dataset),
+        }
+    return results
+
+
+def pickled_copy_works(dataset: InfoBatch[Any]) -> bool:
+    """Spawned loader workers get a pickled copy: it must drop the process group, keep scores."""
+    copy = pickle.loads(pickle.dumps(dataset))
+    return copy.sampler._collectives is None and torch.equal(
+        torch.isnan(copy.scores), torch.isnan(dataset.scores)
+    )
+
+
+def job_resume(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Checkpoint at an epoch boundary and mid-epoch on rank 0, resume on every rank."""
+    boundary = out_dir / "boundary.pt"
+    run = make_run("default")
+    first = train_epochs(run, range(2))
+    checkpoint(run, boundary)
+    resumed = resume("default", boundary)
+    second = train_epochs(resumed, range(2, NUM_EPOCHS))
+    # Negative control: the same settings without the checkpoint's scores.
+    control = make_run("default")
+    control.dataset.sampler.set_epoch(2)
+    assert control.dataset.sampler.plan is not None
+    control_hash = plan_hash(control.dataset.sampler.plan)
+
+    middle = out_dir / "middle.pt"
+    stop = (2, config["mid_epoch_batches"])
+    run = make_run("default")
+    before = train_epochs(run, range(3), stop_after=stop)
+    checkpoint(run, middle)
+    resumed = resume("default", middle)
+    after = train_epochs(resumed, range(2, NUM_EPOCHS))
+    return {
+        "boundary": {
+            "records": first + second,
+            "parameters": model_parameters(resumed),
+            "control_hash": control_hash,
+        },
+        "middle": {"before": before, "after": after},
+    }
+
+
+def job_disagree(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Build InfoBatch with one setting differing between ranks; record what each rank saw."""
+    rank = dist.get_rank()
+    last = dist.get_world_size() - 1
+    cases: dict[str, dict[str, Any]] = {
+        "same": {},
+        "num_samples": {"num_samples": NUM_SAMPLES + rank},
+        "seed": {"seed": SEED + rank},
+        "prune_ratio": {"prune_ratio": 0.5 if rank == 0 else 0.25},
+        "num_epochs": {"num_epochs": NUM_EPOCHS + (rank == last)},
+        "drop_last": {"drop_last": rank == last},
+    }
+    outcomes: dict[str, str | None] = {}
+    for name, overrides in cases.items():
+        try:
+            make_run("default", **overrides)
+            outcomes[name] = None
+        except InfoBatchError as error:
+            outcomes[name] = str(error)
+    # The group still works afterwards: one more collective goes through on every rank.
+    alive = torch.tensor([1])
+    dist.all_reduce(alive)
+    return {"outcomes": outcomes, "alive": int(alive)}
+
+
+def job_large_index(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Score samples beyond 2**24 on different ranks; every rank must hold each one's own loss."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    counter = CountingCollectives()
+    # delta=0: full-data epochs, so planning 2**24 samples stays cheap; scores are what counts.
+    dataset: InfoBatch[Any] = InfoBatch(
+        LazyIndexed(LARGE_SAMPLES), num_epochs=2, delta=0.0, seed=SEED, collectives=counter
+    )
+    torch.manual_seed(0)
+    model = DistributedDataParallel(nn.Linear(2, 4))
+    next(iter(dataset.sampler))  # the epoch starts as a loader would start it
+    top = 2**24
+    batches = [
+        [top + k for k in range(LARGE_SAMPLES - top) if k % world == rank],
+        [top - 1 - rank, rank, 2**23 + rank],
+    ]
+    loader = DataLoader(dataset, batch_sampler=batches)
+    seen_indices, seen_losses = [], []
+    for features, labels, index in loader:  # a few steps, each batch naming its indices
+        loss = F.cross_entropy(model(features), labels, reduction="none")
+        dataset.update(loss, indices=index).backward()
+        seen_indices.append(index)
+        seen_losses.append(loss.detach().clone())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset.sampler.set_epoch(1)  # ends epoch 0 (only a few samples trained) and merges
+    scores = dataset.scores
+    scored = torch.nonzero(~torch.isnan(scores)).flatten()
+    assert dataset.sampler.plan is not None
+    return {
+        "indices": torch.cat(seen_indices),
+        "losses": torch.cat(seen_losses),
+        "scored_indices": scored,
+        "scored_values": scores[scored].clone(),
+        "calls": list(counter.calls),
+        "warnings": [str(w.message) for w in caught],
+        "next_plan_hash": plan_hash(dataset.sampler.plan),
+    }
+
+
+def job_checkpoint_source(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Train 2 epochs, save the InfoBatch state on rank 0, then plan epoch 2."""
+    run = make_run("default")
+    records = train_epochs(run, range(2))
+    if dist.get_rank() == 0:
+        torch.save(run.dataset.state_dict(), config["checkpoint"])
+    dist.barrier()
+    run.dataset.sampler.set_epoch(2)
+    assert run.dataset.sampler.plan is not None
+    return {"records": records, "next_plan_hash": plan_hash(run.dataset.sampler.plan)}
+
+
+def job_checkpoint_resume(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Load a checkpoint taken with another world size, then train to the end."""
+    state = torch.load(config["checkpoint"], weights_only=False)
+    run = make_run("default", set_epoch=False)
+    run.dataset.load_state_dict(state)
+    loaded = {"scores": run.dataset.scores.clone(), "epoch": run.dataset.epoch}
+    return {"loaded": loaded, "records": train_epochs(run, range(state["epoch"], NUM_EPOCHS))}
+
+
+def job_model_parallel(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Ranks in pairs that each hold half a model (tensor-parallel style): 2 data replicas.
+
+    Both ranks of a pair must read the same batches, so the sampler gets the data-parallel
+    ``num_replicas``/``rank``; the merge runs over all ranks, so the pair's slightly different
+    losses (rounding, simulated here) still leave one table everywhere.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dataset: InfoBatch[Any] = InfoBatch(
+        Blobs(NUM_SAMPLES),
+        NUM_EPOCHS,
+        delta=DELTA,
+        seed=SEED,
+        num_replicas=world // 2,
+        rank=rank // 2,
+        collectives=TorchCollectives(),
+    )
+    loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=dataset.sampler)
+    records = []
+    for epoch in range(NUM_EPOCHS):
+        yielded, losses = [], []
+        for features, _labels, index in loader:
+            loss = features.norm(dim=1) / (1 + epoch) * (1 + 1e-6 * (rank % 2))
+            dataset.update(loss)
+            yielded.append(index)
+            losses.append(loss)
+        assert dataset.sampler.plan is not None
+        records.append(
+            {
+                "plan_hash": plan_hash(dataset.sampler.plan),
+                "yielded": torch.cat(yielded),
+                "losses": torch.cat(losses),
+                "scores": dataset.scores.clone(),
+            }
+        )
+    return {"records": records}
+
+
+JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
+    "model_parallel": job_model_parallel,
+    "train": job_train,
+    "resume": job_resume,
+    "disagree": job_disagree,
+    "large_index": job_large_index,
+    "checkpoint_source": job_checkpoint_source,
+    "checkpoint_resume": job_checkpoint_resume,
+}
+
+
+# ---------------------------------------------------------------------- launching
+def free_port() -> int:
+    """A TCP port that was free a moment ago (bind to port 0 and ask)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rank_main(
+    rank: int, world_size: int, port: int, jobs: list[str], out_dir: str, config: dict[str, Any]
+) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=90),  # a hang fails the test instead of stalling CI
+    )
+    try:
+        results = {job: JOBS[job](Path(out_dir), config) for job in jobs}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(
+    world_size: int, jobs: list[str], out_dir: Path, config: dict[str, Any] | None = None
+) -> list[Record]:
+    """Run ``jobs`` on ``world_size`` spawned gloo ranks; return each rank's results."""
+    mp.start_processes(
+        _rank_main,
+        args=(world_size, free_port(), jobs, str(out_dir), config or {}),
+        nprocs=world_size,
+        join=True,
+        start_method="spawn",
+    )
+    return [
+        torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)
+    ]
