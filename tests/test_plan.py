@@ -126,3 +126,36 @@ def test_shares_are_equal_sized_and_cover_the_plan(n: int, rank_count: int) -> N
     assert set().union(*map(set, shares)) == set(range(n))
     # only the padding repeats indices
     assert sum(map(len, shares)) - n == per_rank * rank_count - n
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 31, 80])
+def test_chunked_kept_indices_and_sum_match_the_unchunked_ones(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import infobatch.rule as rule_module
+    from infobatch.plan import _kept_indices
+    from infobatch.rule import _nansum64
+
+    monkeypatch.setattr(rule_module, "_MIN_CHUNK", 3)  # force several chunks on tiny inputs
+    values = torch.rand(n, generator=torch.Generator().manual_seed(n)) * 10
+    values[:: max(n // 4, 1)] = float("nan")
+    keep = torch.rand(n, generator=torch.Generator().manual_seed(n + 1)) < 0.6
+    assert len(rule_module.split_in_chunks(keep)) > 1 or n <= 3
+    assert torch.equal(_kept_indices(keep, torch.int32).long(), torch.nonzero(keep).view(-1))
+    assert _nansum64(values).item() == pytest.approx(
+        torch.nansum(values.double()).item(), rel=1e-12
+    )
+
+
+def test_order_of_a_fixed_kept_set_is_uniform_over_permutations() -> None:
+    keep = torch.tensor([True, False, True, True, False])
+    counts: dict[tuple[int, ...], int] = {}
+    for seed in range(3000):
+        from infobatch.plan import _shuffled_kept
+
+        order = tuple(_shuffled_kept(keep, epoch_generator(seed, 0), torch.int32).tolist())
+        counts[order] = counts.get(order, 0) + 1
+    assert set(counts) == {(0, 2, 3), (0, 3, 2), (2, 0, 3), (2, 3, 0), (3, 0, 2), (3, 2, 0)}
+    expected = 3000 / 6
+    chi_square = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi_square < 20.5  # p = 0.001 for 5 degrees of freedom

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .rule import KeepAll, PruningRule, Selection
+from .rule import KeepAll, PruningRule, Selection, split_in_chunks
 
 __all__ = ["EpochPlan", "build_plan", "index_dtype", "PRUNED", "KEPT", "UPWEIGHTED"]
 
@@ -101,19 +101,20 @@ def build_plan(
 ) -> EpochPlan:
     """Plan ``epoch``: apply ``rule`` (``None`` = keep all) and shuffle the kept samples.
 
-    The shuffle draws one permutation of all ``N`` samples and filters it by the kept mask, so
-    randomness used does not depend on how many were kept. O(N), no sort.
+    The kept indices, in ascending order, are put in a uniformly random order by one
+    permutation of their count: the same distribution as filtering a permutation of all ``N``
+    samples, at a fraction of the cost. Deterministic given ``generator``. O(N), no sort, and
+    no ``N``-sized ``int64`` temporaries.
     """
     n = scores.numel()
+    dtype = index_dtype(n)
     selection: Selection = (rule or KeepAll()).select(scores, generator)
-    permutation = torch.randperm(n, generator=generator, device=scores.device, dtype=index_dtype(n))
     if rule is None:
-        order = permutation
+        order = torch.randperm(n, generator=generator, device=scores.device, dtype=dtype)
     else:
-        kept_in_order = selection.keep.view(torch.uint8)[permutation].view(torch.bool)
-        order = permutation[kept_in_order]
+        order = _shuffled_kept(selection.keep, generator, dtype)
     status = selection.keep.to(torch.int8)
-    status += selection.upweighted.to(torch.int8)
+    status += selection.upweighted  # bool adds as 0/1
     return EpochPlan(
         epoch=epoch,
         order=order,
@@ -124,3 +125,31 @@ def build_plan(
         num_well_learned=selection.num_well_learned,
         pruning=rule is not None,
     )
+
+
+def _kept_indices(keep: Tensor, dtype: torch.dtype) -> Tensor:
+    """Ascending indices of ``keep``'s ``True`` entries as ``dtype``, found a chunk at a time.
+
+    ``torch.nonzero`` returns ``int64`` (and ``masked_select`` allocates several ``N``-sized
+    buffers); chunking bounds the ``int64`` temporary to a chunk.
+    """
+    chunks = split_in_chunks(keep)
+    if len(chunks) == 1:
+        return torch.nonzero(keep).view(-1).to(dtype)
+    kept = torch.empty(int(torch.count_nonzero(keep)), dtype=dtype, device=keep.device)
+    start = filled = 0
+    for chunk in chunks:
+        part = torch.nonzero(chunk).view(-1)
+        kept[filled : filled + part.numel()].copy_(part).add_(start)
+        filled += part.numel()
+        start += chunk.numel()
+    return kept
+
+
+def _shuffled_kept(keep: Tensor, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """The indices of ``keep``'s ``True`` entries in a uniformly random order from ``generator``."""
+    kept = _kept_indices(keep, dtype)
+    permutation = torch.randperm(
+        kept.numel(), generator=generator, device=kept.device, dtype=kept.dtype
+    )
+    return torch.index_select(kept, 0, permutation)

@@ -57,6 +57,26 @@ class KeepAll:
         return Selection(keep, upweighted, 1.0, float("nan"), scored, 0)
 
 
+_MIN_CHUNK = 1 << 20
+_MAX_CHUNKS = 16
+
+
+def split_in_chunks(values: Tensor) -> tuple[Tensor, ...]:
+    """Views of ``values`` (1-d) in at most 16 pieces of at least 2^20 elements.
+
+    Bounds an 8-byte-per-element temporary made per piece to ``max(8 MiB, N / 2)`` bytes
+    while keeping the number of (possibly multi-threaded) operations small.
+    """
+    size = max(_MIN_CHUNK, -(-values.numel() // _MAX_CHUNKS))
+    return torch.split(values, size)
+
+
+def _nansum64(values: Tensor) -> Tensor:
+    """Sum of the non-nan ``values`` in float64, converting a chunk at a time (no ``8 N`` copy)."""
+    parts = [torch.nansum(chunk, dtype=torch.float64) for chunk in split_in_chunks(values)]
+    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+
+
 def _round_up(value: Tensor, dtype: torch.dtype) -> Tensor:
     """Smallest ``dtype`` number ``>= value``, so ``x < result`` equals ``x < value`` exactly."""
     rounded = value.to(dtype)
@@ -97,7 +117,7 @@ class SoftPruning:
         """Flip one coin per sample; drop below-mean samples whose coin falls under the ratio."""
         scored = ~torch.isnan(scores)
         num_scored_t = torch.count_nonzero(scored)
-        mean = torch.nansum(scores, dtype=torch.float64) / num_scored_t.clamp(min=1)
+        mean = _nansum64(scores) / num_scored_t.clamp(min=1)
         well_learned = scores < _round_up(mean, scores.dtype)  # nan < x: unscored never pruned
         coin = torch.rand(scores.shape, generator=generator, device=scores.device)
         drop = well_learned & (coin < self.prune_ratio)
@@ -106,4 +126,5 @@ class SoftPruning:
             int(v) for v in torch.stack([num_scored_t, torch.count_nonzero(well_learned)]).tolist()
         )
         threshold = float(mean) if num_scored else float("nan")
-        return Selection(~drop, well_learned & ~drop, self.weight, threshold, num_scored, num_well)
+        keep = ~drop
+        return Selection(keep, well_learned & keep, self.weight, threshold, num_scored, num_well)
