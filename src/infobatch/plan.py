@@ -62,8 +62,8 @@ class EpochPlan:
 
     def weights_of(self, indices: Tensor) -> Tensor:
         """float32 loss weights of ``indices`` (a tensor on the plan's device)."""
-        upweighted = self.status[indices] == UPWEIGHTED
-        return torch.where(upweighted, self.weight, 1.0).to(torch.float32)
+        upweighted = self.status.index_select(0, indices) == UPWEIGHTED
+        return torch.where(upweighted, self.weight, 1.0)
 
     def share(self, rank: int, num_replicas: int) -> Tensor:
         """Rank ``rank``'s part of ``order``: every ``num_replicas``-th index, starting at ``rank``.

@@ -24,7 +24,8 @@ class ScoreTable:
 
     def __init__(self, num_samples: int, track_updates: bool = False) -> None:
         self.values = torch.full((num_samples,), float("nan"), dtype=torch.float32)
-        self._nonfinite = torch.zeros((), dtype=torch.int64)
+        self._finite = torch.zeros((), dtype=torch.int64)  # finite scores received (on device)
+        self._received = 0  # scores received, finite or not
         self._updated: Tensor | None = (
             torch.zeros(num_samples, dtype=torch.bool) if track_updates else None
         )
@@ -37,23 +38,28 @@ class ScoreTable:
     def to(self, device: torch.device) -> None:
         """Move the table (in place) to ``device``."""
         self.values = self.values.to(device)
-        self._nonfinite = self._nonfinite.to(device)
+        self._finite = self._finite.to(device)
         if self._updated is not None:
             self._updated = self._updated.to(device)
 
     def record(self, indices: Tensor, scores: Tensor) -> None:
         """Store ``scores`` (any float dtype) for ``indices``; non-finite scores are skipped."""
-        scores = scores.detach().to(device=self.device, dtype=torch.float32)
+        scores = scores.detach()
+        if scores.dtype != torch.float32 or scores.device != self.device:
+            scores = scores.to(device=self.device, dtype=torch.float32)
         finite = torch.isfinite(scores)
-        self.values[indices] = torch.where(finite, scores, self.values[indices])
-        self._nonfinite += finite.numel() - torch.count_nonzero(finite)
+        recorded = torch.where(finite, scores, self.values.index_select(0, indices))
+        self.values.index_put_((indices,), recorded)
+        self._finite.add_(torch.count_nonzero(finite))
+        self._received += scores.numel()
         if self._updated is not None:
-            self._updated[indices] = self._updated[indices] | finite
+            self._updated[indices] = self._updated.index_select(0, indices) | finite
 
     def pop_nonfinite_count(self) -> int:
         """Non-finite scores skipped since the last call (one host sync)."""
-        count = int(self._nonfinite)
-        self._nonfinite.zero_()
+        count = self._received - int(self._finite)
+        self._finite.zero_()
+        self._received = 0
         return count
 
     def merge(self, all_reduce_max: Callable[[Tensor], None]) -> None:
