@@ -1,0 +1,330 @@
+"""The demo/benchmark building blocks: offline data, models, one training run, baselines."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import random
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infobatch import InfoBatchSampler, SoftPruning, epoch_generator
+from infobatch.experiment import (
+    Splits,
+    TrainConfig,
+    build_model,
+    load_mnist,
+    load_mnist1d,
+    score_histogram,
+    train,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def _load_module(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    folder = str(REPO / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+baselines = _load_module("baselines")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread (two spin-wait on a busy machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist1d(tmp_path_factory: pytest.TempPathFactory) -> Splits:
+    return load_mnist1d(tmp_path_factory.mktemp("cache"), num_train=300, num_test=100)
+
+
+# ------------------------------------------------------------------------------------ data
+def test_mnist1d_is_generated_cached_and_leaves_global_rng_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    random.seed(123)
+    np.random.seed(123)
+    expected_python, expected_numpy = random.random(), np.random.rand()
+    random.seed(123)
+    np.random.seed(123)
+    lines: list[str] = []
+    splits = load_mnist1d(tmp_path, num_train=240, num_test=60, log=lines.append)
+    assert (random.random(), np.random.rand()) == (expected_python, expected_numpy)
+    assert lines and "Generating MNIST-1D" in lines[0]
+    assert splits.x_train.shape == (240, 1, 40) and splits.x_test.shape == (60, 1, 40)
+    assert splits.x_train.dtype == torch.float32 and splits.y_train.dtype == torch.int64
+    assert set(splits.y_train.tolist()) <= set(range(10))
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+    import infobatch.experiment as experiment
+
+    def fail(*args: Any) -> None:
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(experiment, "_generate_mnist1d", fail)
+    again = load_mnist1d(tmp_path, num_train=240, num_test=60)
+    assert torch.equal(again.x_train, splits.x_train) and torch.equal(again.y_test, splits.y_test)
+
+
+def test_mnist1d_rejects_sizes_it_cannot_make(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of 10"):
+        load_mnist1d(tmp_path, num_train=245, num_test=60)
+    with pytest.raises(ValueError, match="positive"):
+        load_mnist1d(tmp_path, num_train=0, num_test=60)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_mnist(folder: Path, train: int = 12, test: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(train, 28, 28))
+    labels = rng.integers(0, 10, size=train)
+    _write_idx(folder / "train-images-idx3-ubyte.gz", images)
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", labels)
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, size=(test, 28, 28)))
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, size=test))
+    return images, labels
+
+
+def test_mnist_reads_idx_files(tmp_path: Path) -> None:
+    images, labels = _fake_mnist(tmp_path)
+    splits = load_mnist(tmp_path)
+    assert splits.x_train.shape == (12, 1, 28, 28) and splits.x_test.shape == (5, 1, 28, 28)
+    assert splits.y_train.tolist() == labels.tolist()
+    restored = splits.x_train[:, 0] * 0.3081 + 0.1307
+    assert torch.allclose(restored * 255, torch.from_numpy(images).float(), atol=1e-3)
+
+
+def test_mnist_errors_say_what_is_missing_or_broken(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
+        load_mnist(tmp_path)
+    _fake_mnist(tmp_path)
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as stream:
+        stream.write(b"\x00\x00\x0d\x01" + struct.pack(">I", 5) + bytes(5))
+    with pytest.raises(ValueError, match="magic"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="no offline MNIST copy here")
+def test_real_mnist_has_the_standard_split() -> None:
+    splits = load_mnist(SHARED_MNIST)
+    assert (len(splits.y_train), len(splits.y_test)) == (60_000, 10_000)
+    assert torch.bincount(splits.y_test).tolist()[:2] == [980, 1135]  # the published counts
+
+
+# ---------------------------------------------------------------------------------- models
+@pytest.mark.parametrize(("name", "shape"), [("mnist1d", (4, 1, 40)), ("mnist", (4, 1, 28, 28))])
+def test_models_are_seeded_without_touching_the_global_rng(
+    name: str, shape: tuple[int, ...]
+) -> None:
+    state = torch.get_rng_state()
+    first, second, other = build_model(name, 1), build_model(name, 1), build_model(name, 2)
+    assert torch.equal(torch.get_rng_state(), state)
+    weights = [torch.cat([p.flatten() for p in m.parameters()]) for m in (first, second, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    assert first(torch.randn(shape)).shape == (4, 10)
+
+
+def test_unknown_dataset_is_rejected() -> None:
+    with pytest.raises(ValueError, match="mnist1d"):
+        build_model("cifar10", 0)
+
+
+# -------------------------------------------------------------------------------- training
+def test_train_full_and_infobatch_measure_what_they_did(tiny_mnist1d: Splits) -> None:
+    config = TrainConfig(epochs=4, batch_size=32)
+    full = train(tiny_mnist1d, config, seed=3, infobatch=False, eval_each_epoch=True)
+    pruned = train(tiny_mnist1d, config, seed=3, snapshot_epochs=[1, 2])
+    assert full.kept_per_epoch == [300] * 4 and full.saved_fraction == 0
+    assert full.infobatch_seconds == 0 and len(full.test_accuracy_per_epoch) == 4
+    assert full.test_accuracy == full.test_accuracy_per_epoch[-1]
+    # epoch 0 is unscored (all kept); epoch 3 anneals (ceil(0.875 * 4) = 4 -> still pruned)
+    assert pruned.kept_per_epoch[0] == 300
+    assert all(k < 300 for k in pruned.kept_per_epoch[1:])
+    assert pruned.sample_passes == sum(pruned.kept_per_epoch) < full.sample_passes
+    assert 0 < pruned.infobatch_seconds < pruned.train_seconds
+    assert [s["epoch"] for s in pruned.score_snapshots] == [1, 2]
+    for snapshot in pruned.score_snapshots:
+        assert sum(snapshot["counts"]) == snapshot["num_scored"] == 300
+        assert 0 < snapshot["num_below_threshold"] < 300
+    again = train(tiny_mnist1d, config, seed=3, snapshot_epochs=[1, 2])
+    assert again.kept_per_epoch == pruned.kept_per_epoch
+    assert again.test_accuracy == pruned.test_accuracy
+
+
+@pytest.mark.parametrize("infobatch", [False, True])
+def test_train_leaves_the_global_rng_alone(tiny_mnist1d: Splits, infobatch: bool) -> None:
+    state = torch.get_rng_state()
+    train(tiny_mnist1d, TrainConfig(epochs=2, batch_size=64), seed=0, infobatch=infobatch)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_train_learning_rate_schedule_ends_exactly(tiny_mnist1d: Splits) -> None:
+    # OneCycleLR raises "Tried to step N times" if an epoch has more batches than planned
+    config = TrainConfig(epochs=8, batch_size=16)
+    result = train(tiny_mnist1d, config, seed=0, delta=0.5)
+    assert result.kept_per_epoch[4:] == [300] * 4  # annealing: epochs >= 0.5 * 8 use all data
+    assert len(result.train_loss_per_epoch) == 8
+
+
+def test_score_histogram_counts_scored_samples_and_threshold() -> None:
+    scores = torch.tensor([float("nan"), 0.01, 0.1, 1.0, 10.0])
+    histogram = score_histogram(scores, threshold=0.5, bins=4)
+    assert histogram["num_scored"] == 4 and sum(histogram["counts"]) == 4
+    assert histogram["num_below_threshold"] == 2
+    assert histogram["log10_bin_edges"][0] == pytest.approx(-2)
+    assert histogram["log10_bin_edges"][-1] == pytest.approx(1)
+
+
+def test_train_config_validates() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="max_lr"):
+        TrainConfig(epochs=1, max_lr=0.0)
+
+
+# ------------------------------------------------------------------------------- baselines
+@settings(max_examples=50, deadline=None)
+@given(
+    size=st.integers(1, 400),
+    fraction=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_dynamic_random_keeps_exactly_the_budget(size: int, fraction: float, seed: int) -> None:
+    count = round(fraction * size)
+    rule = baselines.DynamicRandom([count])
+    chosen = rule.select(torch.rand(size), epoch_generator(seed, 0))
+    assert int(chosen.keep.sum()) == count
+    assert not chosen.upweighted.any() and chosen.weight == 1.0
+
+
+def test_dynamic_random_follows_the_budget_through_the_sampler() -> None:
+    counts = [100, 61, 47, 52]
+    sampler = InfoBatchSampler(100, 5, delta=0.8, rule=baselines.DynamicRandom(counts), seed=1)
+    kept_sets = []
+    for _ in range(5):
+        len(sampler)
+        order = list(sampler)
+        kept_sets.append(set(order))
+        sampler.update(torch.ones(len(order)))
+    assert [s.num_kept for s in sampler.history] == [*counts, 100]  # epoch 4 anneals
+    assert kept_sets[1] != kept_sets[2]  # a fresh random draw every epoch
+    exhausted = baselines.DynamicRandom([5])
+    exhausted.select(torch.rand(10), epoch_generator(0, 0))
+    with pytest.raises(RuntimeError, match="kept counts"):
+        exhausted.select(torch.rand(10), epoch_generator(0, 1))
+
+
+def test_dynamic_random_rejects_impossible_counts() -> None:
+    with pytest.raises(ValueError, match="kept count"):
+        baselines.DynamicRandom([11]).select(torch.rand(10), epoch_generator(0, 0))
+
+
+def test_static_random_subset_is_fixed_across_epochs() -> None:
+    rule = baselines.StaticRandom(30, seed=4)
+    sampler = InfoBatchSampler(100, 4, delta=1.0, rule=rule, seed=9)
+    subsets = []
+    for _ in range(4):
+        len(sampler)
+        order = list(sampler)
+        subsets.append(frozenset(order))
+        sampler.update(torch.rand(len(order)))
+    assert len(set(subsets)) == 1 and len(subsets[0]) == 30
+    assert [s.num_kept for s in sampler.history] == [30] * 4
+    other = baselines.StaticRandom(30, seed=5).select(torch.rand(100), epoch_generator(0, 0))
+    assert frozenset(torch.nonzero(other.keep).flatten().tolist()) != subsets[0]
+
+
+def test_no_rescale_prunes_like_infobatch_with_weight_one() -> None:
+    scores = torch.rand(500, generator=torch.Generator().manual_seed(0))
+    soft = SoftPruning(0.5).select(scores, epoch_generator(7, 2))
+    plain = baselines.NoRescale(0.5).select(scores, epoch_generator(7, 2))
+    assert torch.equal(plain.keep, soft.keep) and soft.upweighted.any()
+    assert not plain.upweighted.any() and plain.weight == 1.0
+    sampler = InfoBatchSampler(500, 4, rule=baselines.NoRescale(0.5), seed=2)
+    for _ in range(2):
+        len(sampler)
+        order = torch.tensor(list(sampler))
+        assert sampler.plan is not None
+        assert torch.equal(sampler.plan.weights_of(order), torch.ones(len(order)))
+        sampler.update(scores[order])
+    assert sampler.history[1].num_pruned > 0
+
+
+# ---------------------------------------------------------------------------------- report
+def _run(policy: str, seed: int, accuracy: float, saved: float, seconds: float) -> dict[str, Any]:
+    return {
+        "policy": policy,
+        "seed": seed,
+        "test_accuracy": accuracy,
+        "saved_fraction": saved,
+        "train_seconds": seconds,
+        "train_cpu_seconds": seconds,
+        "infobatch_seconds": 0.0 if policy == "full" else 0.1,
+    }
+
+
+def test_report_targets_follow_the_numbers() -> None:
+    report = _load_module("report")
+    runs = {
+        "full": {s: _run("full", s, 0.980 + 0.001 * s, 0.0, 10.0) for s in range(3)},
+        "infobatch": {s: _run("infobatch", s, 0.980 + 0.001 * s, 0.35, 6.8) for s in range(3)},
+        "dynamic_random": {s: _run("dynamic_random", s, 0.975, 0.35, 6.5) for s in range(3)},
+    }
+    met = {name: ok for name, ok, _ in report.targets(report.summarise(runs))}
+    assert all(met.values()) and len(met) == 5
+    runs["infobatch"] = {s: _run("infobatch", s, 0.970, 0.25, 9.5) for s in range(3)}
+    missed = {name: ok for name, ok, _ in report.targets(report.summarise(runs))}
+    assert not any(missed.values())
+
+
+def test_result_store_is_resumable(tmp_path: Path) -> None:
+    runner = _load_module("run_benchmarks")
+    settings = {"epochs": 2}
+    store = runner.ResultStore(tmp_path / "runs.json")
+    assert store.find("mnist1d", "full", 0, settings) is None
+    store.add({"dataset": "mnist1d", "policy": "full", "seed": 0, "settings": settings, "x": 1})
+    reopened = runner.ResultStore(tmp_path / "runs.json")
+    assert reopened.find("mnist1d", "full", 0, settings) == reopened.runs[0]
+    assert reopened.find("mnist1d", "full", 0, {"epochs": 3}) is None  # other settings rerun
+    assert reopened.find("mnist1d", "full", 1, settings) is None
+
+
+def test_baseline_budgets_come_from_the_infobatch_run() -> None:
+    runner = _load_module("run_benchmarks")
+    config = TrainConfig(epochs=4)
+    reference = {"kept_per_epoch": [100, 60, 50, 100]}
+    _, delta, dynamic = runner.policy_setup("dynamic_random", 0, config, reference)
+    assert delta == 0.875 and dynamic.kept_counts == [100, 60, 50, 100]
+    _, delta, static = runner.policy_setup("static_random", 0, config, reference)
+    assert delta == 1.0 and static.subset_size == round(310 / 4)
+    with pytest.raises(RuntimeError, match="InfoBatch run"):
+        runner.policy_setup("dynamic_random", 0, config, None)
