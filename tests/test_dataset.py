@@ -144,3 +144,15 @@ def test_official_example_training_pattern_runs_unchanged() -> None:
             lr_scheduler.step()
     assert trainset.get_pruned_count() > 0
     assert lr_scheduler.last_epoch == lr_scheduler.total_steps
+
+
+def test_asking_len_after_the_last_epoch_does_not_count_an_extra_epoch() -> None:
+    dataset = InfoBatch(IndexedDataset(100), num_epochs=3)
+    loader = DataLoader(dataset, batch_size=25, sampler=dataset.sampler)
+    for _ in range(3):
+        for x, _label in loader:
+            dataset.update(loss_of(x[:, 0]))
+    saved, pruned = dataset.saved_fraction, dataset.get_pruned_count()
+    assert len(loader) == 4  # epoch 3 is planned (full data, past num_epochs) ...
+    assert [s.epoch for s in dataset.history] == [0, 1, 2]  # ... but not counted
+    assert (dataset.saved_fraction, dataset.get_pruned_count()) == (saved, pruned)

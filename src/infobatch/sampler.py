@@ -185,7 +185,7 @@ class InfoBatchSampler(Sampler[int]):
 
     @property
     def history(self) -> list[EpochStats]:
-        """Statistics of every planned epoch, in epoch order."""
+        """Statistics of every epoch whose training has started, in epoch order."""
         return [self._history[e] for e in sorted(self._history)]
 
     @property
@@ -226,6 +226,7 @@ class InfoBatchSampler(Sampler[int]):
         elif self._started:
             self._end_epoch(complete=self._finished)
             self._make_plan(self._epoch + 1)
+        self._record_stats()  # an epoch counts once training on it starts, not when planned
         self._started = True
         self._iteration += 1
         self._start = self._yielded = self._consumed
@@ -261,7 +262,6 @@ class InfoBatchSampler(Sampler[int]):
         generator = epoch_generator(self.seed, epoch, self._scores.device)
         plan = build_plan(epoch, self._scores.values, self.rule if prunes else None, generator)
         self._set_plan(plan, position=0)
-        self._record_stats(plan)
 
     def _set_plan(self, plan: EpochPlan, position: int) -> None:
         self._epoch = plan.epoch
@@ -272,7 +272,10 @@ class InfoBatchSampler(Sampler[int]):
         self._start = self._yielded = self._consumed = position
         self._batch_len = None
 
-    def _record_stats(self, plan: EpochPlan) -> None:
+    def _record_stats(self) -> None:
+        plan = self._plan
+        if plan is None:
+            return
         earlier = [s for e, s in sorted(self._history.items()) if e < plan.epoch]
         total = sum(s.num_samples for s in earlier) + plan.num_samples
         pruned = sum(s.num_pruned for s in earlier) + plan.num_pruned
