@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -203,10 +202,6 @@ class InfoBatchSampler(Sampler[int]):
         """Non-finite scores received and not recorded (counted at each epoch's end)."""
         return self._nonfinite_total
 
-    def full_length(self) -> int:
-        """Indices this rank gets in an unpruned epoch: ``ceil(num_samples / num_replicas)``."""
-        return math.ceil(self.num_samples / self.num_replicas)
-
     # ------------------------------------------------------------------ epoch lifecycle
     def __len__(self) -> int:
         """Number of indices the next (or current) iteration yields on this rank.
@@ -224,7 +219,7 @@ class InfoBatchSampler(Sampler[int]):
         if self._plan is None:
             self._make_plan(self._epoch)
         elif self._started:
-            self._end_epoch(complete=self._finished)
+            self._end_epoch()
             self._make_plan(self._epoch + 1)
         self._record_stats()  # an epoch counts once training on it starts, not when planned
         self._started = True
@@ -244,7 +239,7 @@ class InfoBatchSampler(Sampler[int]):
         if self._plan is not None and epoch == self._epoch:
             return
         if self._plan is not None and self._started:
-            self._end_epoch(complete=self._finished)
+            self._end_epoch()
         self._make_plan(epoch)
 
     def _generate(self, iteration: int, start: int) -> Iterator[int]:
@@ -307,9 +302,9 @@ class InfoBatchSampler(Sampler[int]):
             100.0 * stats.saved_fraction,
         )
 
-    def _end_epoch(self, complete: bool) -> None:
-        """Merge scores across ranks and report problems; ``complete`` if already done."""
-        if complete:
+    def _end_epoch(self) -> None:
+        """Close the epoch if its last update did not: report missing updates, merge scores."""
+        if self._finished:
             return
         missing = self._share.numel() - self._consumed
         if self.drop_last and self._batch_len is None:
@@ -392,9 +387,7 @@ class InfoBatchSampler(Sampler[int]):
                     f"samples of epoch {self._epoch} were loaded and not yet updated; pass one "
                     "loss per sample of the batch (reduction='none'), once per batch"
                 )
-            if self._batch_len is None:
-                self._batch_len = batch
-            elif batch != self._batch_len and end != share_len:
+            if self._batch_len not in (None, batch) and end != share_len:
                 raise ValueError(
                     f"loss has {batch} elements but earlier batches of epoch {self._epoch} had "
                     f"{self._batch_len}; only the epoch's last batch may be shorter. Pass one "
@@ -408,15 +401,13 @@ class InfoBatchSampler(Sampler[int]):
                     f"update() received losses for {end} samples in epoch {self._epoch} but "
                     f"only {share_len} are planned on this rank; call update() once per batch"
                 )
-            if self._batch_len is None:  # drop_last needs it to see the epoch's last batch
-                self._batch_len = batch
+        if self._batch_len is None:  # the epoch's first batch sets the batch length
+            self._batch_len = batch
         self._consumed = end
         weights = plan.weights_of(batch_indices)
         self._scores.record(batch_indices, score if score is not None else loss)
         weighted = (loss.float() * weights).sum() / batch
-        if end == share_len or (
-            self.drop_last and self._batch_len is not None and share_len - end < self._batch_len
-        ):
+        if end == share_len or (self.drop_last and share_len - end < self._batch_len):
             self._finish()
         return weighted.to(loss.dtype)
 
