@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from infobatch import EpochPlan, InfoBatch, InfoBatchError, TorchCollectives
+from infobatch import EpochPlan, InfoBatch, InfoBatchError, PendingReduce, TorchCollectives
 
 NUM_SAMPLES = 203  # odd and not a multiple of 3: kept counts rarely divide the world size
 NUM_EPOCHS = 4
@@ -109,9 +109,9 @@ class CountingCollectives:
     def device(self) -> torch.device:
         return self.inner.device
 
-    def all_reduce_max(self, tensor: Tensor) -> None:
+    def start_all_reduce_max(self, tensor: Tensor) -> PendingReduce:
         self.calls.append("all_reduce_max")
-        self.inner.all_reduce_max(tensor)
+        return self.inner.start_all_reduce_max(tensor)
 
     def all_gather(self, tensor: Tensor) -> list[Tensor]:
         self.calls.append("all_gather")

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from infobatch import InfoBatch, TorchCollectives
+from infobatch import InfoBatch
+from infobatch.distributed import backend_device
 from tests._ddp_workers import (
     BATCH_SIZE,
     DELTA,
@@ -189,12 +190,10 @@ def test_default_collectives_come_from_the_gloo_group_on_cpu(ranks: list[Record]
 def test_nccl_backend_communicates_from_the_current_cuda_device(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """No GPU in CI: the device decision alone, with the backend name and device patched."""
-    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "nccl")
+    """No GPU in CI: the device decision alone, with the current CUDA device patched."""
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    assert TorchCollectives().device == torch.device("cuda", 1)
-    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "gloo")
-    assert TorchCollectives().device == torch.device("cpu")
+    assert backend_device("nccl") == torch.device("cuda", 1)
+    assert backend_device("gloo") == torch.device("cpu")
 
 
 def test_pickled_copies_for_spawned_workers_drop_the_process_group(ranks: list[Record]) -> None:

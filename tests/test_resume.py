@@ -49,7 +49,7 @@ def train(
         for step, (x, y) in enumerate(loader):
             if stop_at is not None and (dataset.epoch, step) == stop_at:
                 return seen, checkpoint(model, optimizer, dataset)
-            positions = dataset.sampler._share[dataset.sampler._consumed :][: len(y)]
+            positions = dataset.sampler._share[dataset.sampler._life.consumed :][: len(y)]
             epoch_seen += positions.tolist()
             loss = dataset.update(criterion(model(x), y))
             optimizer.zero_grad()

@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
 
-from infobatch import InfoBatchError, InfoBatchSampler
+from infobatch import InfoBatchError, InfoBatchSampler, Phase
 from infobatch.plan import UPWEIGHTED
 
 
-def scored_sampler(n: int = 40, ratio: float = 0.5, **kwargs: object) -> InfoBatchSampler:
-    """A sampler whose epoch 1 prunes: epoch 0 is trained with distinct losses."""
+def scored_sampler(
+    n: int = 40, ratio: float = 0.5, **kwargs: object
+) -> tuple[InfoBatchSampler, Iterator[int]]:
+    """A sampler whose epoch 1 prunes (epoch 0 trained with distinct losses), and epoch 1's
+    iteration."""
     sampler = InfoBatchSampler(n, num_epochs=10, prune_ratio=ratio, **kwargs)  # type: ignore[arg-type]
     order = list(sampler)
     sampler_losses = torch.tensor(order, dtype=torch.float32) / n
     sampler.update(sampler_losses)
-    iter(sampler)  # epoch 1 plan
-    return sampler
+    return sampler, iter(sampler)  # epoch 1 plan
 
 
-def take(sampler: InfoBatchSampler, count: int) -> torch.Tensor:
-    """Pull ``count`` indices from the sampler's current iteration."""
-    iterator = sampler._generate(sampler._iteration, sampler._yielded)
+def take(iterator: Iterator[int], count: int) -> torch.Tensor:
+    """Pull ``count`` indices from an iteration, as a loader does for one batch."""
     return torch.tensor([next(iterator) for _ in range(count)])
 
 
 def test_update_returns_weighted_mean_with_exact_weights_and_gradients() -> None:
-    sampler = scored_sampler()
+    sampler, indices_of_epoch = scored_sampler()
     assert sampler.plan is not None and sampler.plan.num_pruned > 0
-    batch = take(sampler, 8)
+    batch = take(indices_of_epoch, 8)
     loss = torch.rand(8, requires_grad=True)
     weights = torch.where(sampler.plan.status[batch] == UPWEIGHTED, 2.0, 1.0)
     assert (weights == 2.0).any()
@@ -42,8 +44,8 @@ def test_update_returns_weighted_mean_with_exact_weights_and_gradients() -> None
 
 
 def test_update_never_modifies_the_callers_tensor() -> None:
-    sampler = scored_sampler()
-    take(sampler, 8)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 8)
     loss = torch.rand(8)
     before, version = loss.clone(), loss._version
     sampler.update(loss)
@@ -52,8 +54,8 @@ def test_update_never_modifies_the_callers_tensor() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_update_accepts_reduced_precision_and_returns_the_same_dtype(dtype: torch.dtype) -> None:
-    sampler = scored_sampler()
-    batch = take(sampler, 4)
+    sampler, indices_of_epoch = scored_sampler()
+    batch = take(indices_of_epoch, 4)
     loss = torch.tensor([0.5, 1.5, 2.5, 3.5], dtype=dtype, requires_grad=True)
     result = sampler.update(loss)
     assert result.dtype == dtype
@@ -63,8 +65,8 @@ def test_update_accepts_reduced_precision_and_returns_the_same_dtype(dtype: torc
 
 
 def test_score_argument_is_recorded_instead_of_the_loss() -> None:
-    sampler = scored_sampler()
-    batch = take(sampler, 4)
+    sampler, indices_of_epoch = scored_sampler()
+    batch = take(indices_of_epoch, 4)
     loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
     score = torch.tensor([9.0, 8.0, 7.0, 6.0])
     result = sampler.update(loss, score=score)
@@ -84,22 +86,22 @@ def test_update_forces_no_host_device_sync() -> None:
 
 
 def test_scalar_loss_is_rejected_with_instructions() -> None:
-    sampler = scored_sampler()
-    take(sampler, 4)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 4)
     with pytest.raises(ValueError, match=r"pass per-sample losses.*reduction='none'"):
         sampler.update(torch.tensor(1.0))
 
 
 def test_multi_dimensional_loss_is_rejected() -> None:
-    sampler = scored_sampler()
-    take(sampler, 4)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 4)
     with pytest.raises(ValueError, match=r"shape \(4, 3\).*\[batch_size\]"):
         sampler.update(torch.rand(4, 3))
 
 
 def test_non_tensor_and_integer_losses_are_type_errors() -> None:
-    sampler = scored_sampler()
-    take(sampler, 4)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 4)
     with pytest.raises(TypeError, match="torch.Tensor"):
         sampler.update([1.0, 2.0])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="floating-point"):
@@ -107,15 +109,15 @@ def test_non_tensor_and_integer_losses_are_type_errors() -> None:
 
 
 def test_loss_longer_than_loaded_samples_is_an_error() -> None:
-    sampler = scored_sampler()
-    take(sampler, 4)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 4)
     with pytest.raises(InfoBatchError, match="received 5 losses but only 4 samples"):
         sampler.update(torch.rand(5))
 
 
 def test_batch_of_a_different_length_mid_epoch_is_an_error() -> None:
-    sampler = scored_sampler()
-    take(sampler, 12)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 12)
     sampler.update(torch.rand(4))
     with pytest.raises(ValueError, match="loss has 3 elements but earlier batches .* had 4"):
         sampler.update(torch.rand(3))
@@ -137,30 +139,33 @@ def test_update_after_the_epoch_is_complete_is_an_error() -> None:
 
 def test_non_finite_losses_are_not_recorded_counted_and_warned_once() -> None:
     sampler = InfoBatchSampler(4, num_epochs=5, prune_ratio=0.5)
-    for epoch in range(2):
-        order = torch.tensor(list(sampler))
-        losses = torch.tensor([float("nan"), 1.0, float("inf"), 2.0])
+    warned = []
+    for epoch in range(3):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            sampler.update(losses)
-        messages = [str(w.message) for w in caught if "non-finite" in str(w.message)]
-        assert len(messages) == (1 if epoch == 0 else 0)
+            order = torch.tensor(list(sampler))  # planning closes the previous epoch's books
+        warned.append([str(w.message) for w in caught if "non-finite" in str(w.message)])
+        if epoch == 2:
+            break
+        sampler.update(torch.tensor([float("nan"), 1.0, float("inf"), 2.0]))
         assert torch.isnan(sampler.scores[order[0]]) or epoch == 1
         assert sampler.scores[order[1]] == 1.0 and sampler.scores[order[3]] == 2.0
+    assert [len(w) for w in warned] == [0, 1, 0]  # once, when epoch 0 ended
+    assert "2 non-finite losses (nan/inf) in epoch 0" in warned[1][0]
     assert sampler.nonfinite_count == 4
 
 
 def test_explicit_indices_attribute_losses_to_the_given_samples() -> None:
-    sampler = scored_sampler()
-    take(sampler, 3)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 3)
     indices = sampler.plan.order[-3:].long()  # type: ignore[union-attr]
     sampler.update(torch.tensor([7.0, 8.0, 9.0]), indices=indices)
     assert sampler.scores[indices].tolist() == [7.0, 8.0, 9.0]
 
 
 def test_explicit_indices_are_validated() -> None:
-    sampler = scored_sampler()
-    take(sampler, 3)
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 3)
     with pytest.raises(ValueError, match=r"interval \[0, 39\], got values from 0 to 40"):
         sampler.update(torch.rand(2), indices=[0, 40])
     with pytest.raises(ValueError, match="one dataset index per loss"):
@@ -183,7 +188,7 @@ def test_explicit_indices_with_drop_last_end_the_epoch_at_its_last_full_batch() 
     order = torch.tensor(list(sampler))
     for start in (0, 4):  # two full batches of 4; the last 2 samples are dropped by the loader
         sampler.update(torch.rand(4), indices=order[start : start + 4])
-    assert sampler._finished
+    assert sampler.phase is Phase.COMPLETE
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "never reached update()" warning
         iter(sampler)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar
 
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from .distributed import Collectives
 from .rule import PruningRule
@@ -39,13 +39,20 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         prune_ratio: float = 0.5,
         delta: float = 0.875,
         *,
-        seed: int = 0,
+        seed: int | None = None,
         drop_last: bool = False,
+        batch_size: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
         rule: PruningRule | None = None,
         collectives: Collectives | None = None,
     ) -> None:
+        if isinstance(dataset, IterableDataset):
+            raise TypeError(
+                f"InfoBatch needs a map-style dataset (indexable, with __len__); "
+                f"{type(dataset).__name__} is an IterableDataset, which a sampler cannot index "
+                "(iterable datasets are not supported)"
+            )
         try:
             size = len(dataset)  # type: ignore[arg-type]
         except TypeError:
@@ -63,6 +70,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
             delta,
             seed=seed,
             drop_last=drop_last,
+            batch_size=batch_size,
             num_replicas=num_replicas,
             rank=rank,
             rule=rule,
@@ -94,7 +102,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         return self._sampler.update(loss, indices=indices, score=score)
 
     def set_epoch(self, epoch: int) -> None:
-        """Plan ``epoch`` now (optional). See :meth:`InfoBatchSampler.set_epoch`."""
+        """Make the next iteration train ``epoch`` (:meth:`InfoBatchSampler.set_epoch`)."""
         self._sampler.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:

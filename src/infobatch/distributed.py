@@ -1,9 +1,16 @@
-"""The little infobatch needs from ``torch.distributed``: who am I, one max-reduce, one check."""
+"""The little infobatch needs from ``torch.distributed``: who am I, one max-reduce, one check.
+
+Every collective infobatch makes runs on a process group of its own, created with the sampler
+(when every rank builds it), so it can never pair with a collective of the user's or of DDP:
+one ``all_gather`` of the settings at construction, then one asynchronous ``all_reduce(MAX)``
+of the scores per epoch.
+"""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 import torch
@@ -12,14 +19,29 @@ from torch import Tensor
 
 from .errors import InfoBatchError
 
-__all__ = ["Collectives", "TorchCollectives", "resolve_replicas"]
+__all__ = [
+    "Collectives",
+    "PendingReduce",
+    "TorchCollectives",
+    "backend_device",
+    "resolve_replicas",
+    "settings_disagreement",
+]
+
+
+class PendingReduce(Protocol):
+    """A started collective; :meth:`wait` blocks until the result is in the tensor."""
+
+    def wait(self) -> None:
+        """Block until done; raise if it failed or timed out."""
+        ...
 
 
 class Collectives(Protocol):
     """Cross-rank operations; swap in a fake to test several ranks in one process."""
 
-    def all_reduce_max(self, tensor: Tensor) -> None:
-        """In-place element-wise maximum over all ranks."""
+    def start_all_reduce_max(self, tensor: Tensor) -> PendingReduce:
+        """Start an in-place element-wise maximum over all ranks; returns at once."""
         ...
 
     def all_gather(self, tensor: Tensor) -> list[Tensor]:
@@ -32,33 +54,56 @@ class Collectives(Protocol):
         ...
 
 
-class TorchCollectives:
-    """:class:`Collectives` over an initialised ``torch.distributed`` process group.
+def backend_device(backend: str) -> torch.device:
+    """The device a backend communicates from: the current CUDA device for NCCL, else CPU."""
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
-    The device follows the backend: CUDA (current device) for NCCL, CPU otherwise.
+
+class _TorchPending:
+    """An ``async_op`` work item, waited for with a timeout, its result copied back."""
+
+    def __init__(self, work: Any, sent: Tensor, target: Tensor, timeout: timedelta) -> None:
+        self._work, self._sent, self._target, self._timeout = work, sent, target, timeout
+
+    def wait(self) -> None:
+        self._work.wait(self._timeout)
+        if self._sent is not self._target:
+            self._target.copy_(self._sent)
+
+
+class TorchCollectives:
+    """:class:`Collectives` over ``torch.distributed``, on a process group of their own.
+
+    Build it on every rank at the same point (the sampler does, in its constructor): it
+    creates a new process group over the ranks of ``group`` (default: all ranks) with the same
+    backend. The device follows the backend: CUDA (current device) for NCCL, CPU otherwise.
+
+    Args:
+        group (ProcessGroup, optional): the ranks to span. Default: the default group.
+        timeout (timedelta, optional): how long a rank waits for the others' part of a score
+            merge before infobatch raises. Default: ``torch.distributed.default_pg_timeout``
+            (30 minutes).
     """
 
-    def __init__(self, group: Any = None) -> None:
-        self.group = group
-        backend = dist.get_backend(group)
-        if backend == "nccl":
-            self._device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            self._device = torch.device("cpu")
+    def __init__(self, group: Any = None, timeout: timedelta | None = None) -> None:
+        self.timeout = timeout if timeout is not None else dist.default_pg_timeout
+        backend = str(dist.get_backend(group))
+        ranks = None if group is None else dist.get_process_group_ranks(group)
+        self.group = dist.new_group(ranks=ranks, timeout=self.timeout, backend=backend)
+        self._device = backend_device(backend)
 
     @property
     def device(self) -> torch.device:
         """Device the backend communicates from."""
         return self._device
 
-    def all_reduce_max(self, tensor: Tensor) -> None:
-        """``all_reduce`` with ``ReduceOp.MAX`` on a tensor moved to the backend's device."""
-        if tensor.device == self._device:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group)
-            return
-        moved = tensor.to(self._device)
-        dist.all_reduce(moved, op=dist.ReduceOp.MAX, group=self.group)
-        tensor.copy_(moved)
+    def start_all_reduce_max(self, tensor: Tensor) -> PendingReduce:
+        """``all_reduce(MAX, async_op=True)`` on the backend's device, into ``tensor``."""
+        sent = tensor if tensor.device == self._device else tensor.to(self._device)
+        work = dist.all_reduce(sent, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return _TorchPending(work, sent, tensor, self.timeout)
 
     def all_gather(self, tensor: Tensor) -> list[Tensor]:
         """``all_gather`` into a list, one tensor per rank (on CPU)."""
@@ -73,8 +118,8 @@ class TorchCollectives:
 
 def resolve_replicas(
     num_replicas: int | None, rank: int | None, group: Any = None
-) -> tuple[int, int, Collectives | None]:
-    """World size, rank and collectives, from the arguments or the initialised process group.
+) -> tuple[int, int, bool]:
+    """World size, rank, and whether to merge over the initialised process group.
 
     As in :class:`torch.utils.data.DistributedSampler`, the process group is consulted only for
     arguments left as ``None``; without an initialised group the defaults are 1 replica, rank 0.
@@ -90,25 +135,23 @@ def resolve_replicas(
         raise ValueError(
             f"Invalid rank {rank!r}, rank should be in the interval [0, {num_replicas - 1}]"
         )
-    collectives: Collectives | None = None
-    if initialized and num_replicas > 1 and num_replicas == dist.get_world_size(group):
-        collectives = TorchCollectives(group)
-    return num_replicas, rank, collectives
+    merge = initialized and num_replicas > 1 and num_replicas == dist.get_world_size(group)
+    return num_replicas, rank, merge
 
 
-def check_same_on_all_ranks(
-    collectives: Collectives,
-    names: Sequence[str],
-    values: Iterable[int],
-    float_names: Collection[str] = (),
-) -> None:
-    """Raise the same :class:`InfoBatchError` on every rank if any of ``values`` differ.
+def gather_settings(collectives: Collectives, values: Sequence[int]) -> list[list[int]]:
+    """Every rank's ``values`` (int64 each), by one ``all_gather``."""
+    gathered = collectives.all_gather(torch.tensor(list(values), dtype=torch.int64))
+    return [[int(v) for v in t.tolist()] for t in gathered]
 
-    One ``all_gather`` of a few integers, done once when the sampler is built. Values named in
-    ``float_names`` are the int64 bit patterns of floats and are shown as floats in the error.
+
+def settings_disagreement(
+    names: Sequence[str], gathered: Sequence[Sequence[int]], float_names: Collection[str] = ()
+) -> str | None:
+    """Describe the settings whose values differ between ranks, or ``None`` if all agree.
+
+    Values named in ``float_names`` are the int64 bit patterns of floats, shown as floats.
     """
-    mine = torch.tensor(list(values), dtype=torch.int64)
-    gathered = collectives.all_gather(mine)
 
     def shown(name: str, value: int) -> str:
         if name in float_names:
@@ -117,15 +160,22 @@ def check_same_on_all_ranks(
 
     differing = [
         f"{name}: "
-        + ", ".join(f"rank {r}={shown(name, int(t[i]))}" for r, t in enumerate(gathered))
+        + ", ".join(f"rank {r}={shown(name, values[i])}" for r, values in enumerate(gathered))
         for i, name in enumerate(names)
-        if any(int(t[i]) != int(gathered[0][i]) for t in gathered)
+        if any(values[i] != gathered[0][i] for values in gathered)
     ]
+    return "; ".join(differing) if differing else None
+
+
+def raise_if_disagree(
+    names: Sequence[str], gathered: Sequence[Sequence[int]], float_names: Collection[str] = ()
+) -> None:
+    """Raise the same :class:`InfoBatchError` on every rank if any setting differs."""
+    differing = settings_disagreement(names, gathered, float_names)
     if differing:
         raise InfoBatchError(
             "InfoBatch settings differ between ranks, so their epoch plans would differ and "
-            "training would hang or train on wrong samples: "
-            + "; ".join(differing)
-            + ". Build InfoBatch with the same dataset length, num_epochs, prune_ratio, delta, "
-            "seed and drop_last on every rank."
+            f"training would hang or train on wrong samples: {differing}. Build InfoBatch with "
+            "the same dataset length, num_epochs, prune_ratio, delta, seed, drop_last and "
+            "batch_size on every rank."
         )

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from .distributed import Collectives, check_same_on_all_ranks, resolve_replicas
+from .attribution import BatchBoundaries
+from .checkpoint import STATE_VERSION, check_state, plan_from_state, plan_state
+from .distributed import (
+    Collectives,
+    TorchCollectives,
+    gather_settings,
+    raise_if_disagree,
+    resolve_replicas,
+    settings_disagreement,
+)
 from .errors import InfoBatchError
-from .plan import EpochPlan, build_plan
+from .lifecycle import EpochLifecycle, Phase
+from .plan import UPWEIGHTED, EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
 from .schedule import AnnealingSchedule
@@ -25,15 +37,32 @@ __all__ = ["InfoBatchSampler", "STATE_VERSION"]
 
 logger = logging.getLogger("infobatch")
 
-#: Version key of :meth:`InfoBatchSampler.state_dict`.
-STATE_VERSION = 1
-
 _YIELD_CHUNK = 1 << 16
+_SEED_LIMIT = 1 << 64
 IndexLike = Union[Tensor, Sequence[int]]
 
 
 def _float_bits(value: float) -> int:
     return int(struct.unpack("<q", struct.pack("<d", float(value)))[0])
+
+
+def _as_int64(value: int) -> int:
+    """``value`` in ``[0, 2**64)`` as the int64 with the same bits (for tensors)."""
+    return value - _SEED_LIMIT if value >= 1 << 63 else value
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < _SEED_LIMIT:
+        raise ValueError(f"Invalid seed {seed}, seed should be in the interval [0, 2**64 - 1]")
+    return int(seed)
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 def _check_per_sample(name: str, value: Any) -> int:
@@ -75,26 +104,37 @@ class InfoBatchSampler(Sampler[int]):
             ``[0, 1)``. Default: ``0.5``.
         delta (float, optional): fraction of epochs that are pruned, in ``[0, 1]``.
             Default: ``0.875``.
-        seed (int, optional): seed of the sampler's own generators; the global RNG is never
-            read or changed. Must be the same on every rank. Default: ``0``.
+        seed (int, optional): seed of the pruning and shuffling draws, in ``[0, 2**64)``; the
+            global RNG is never advanced. Default: ``torch.initial_seed()``, the seed you gave
+            ``torch.manual_seed`` (under ``torch.distributed``, rank 0's).
         drop_last (bool, optional): set to the ``drop_last`` of your ``DataLoader``, so the
             sampler knows when an epoch's last update has arrived. Default: ``False``.
+        batch_size (int, optional): the loader's batch size (per rank). When given, every
+            :meth:`update` is checked to hold exactly one batch. Default: ``None`` (checked as
+            far as the sampler can tell, see :mod:`infobatch.attribution`).
         num_replicas (int, optional): number of distributed processes. By default taken from
             the initialised process group, else 1.
         rank (int, optional): this process's rank. By default taken from the process group.
         rule (PruningRule, optional): replaces the InfoBatch rule (``SoftPruning(prune_ratio)``).
-        collectives (Collectives, optional): cross-rank operations; by default
-            ``torch.distributed`` when a process group with ``num_replicas`` ranks is
+        collectives (Collectives, optional): cross-rank operations; by default a
+            :class:`TorchCollectives` when a process group with ``num_replicas`` ranks is
             initialised. Pass a fake to test several ranks in one process.
 
     .. warning::
         Call :meth:`update` exactly once per batch, in the order the loader yields batches
         (prefetching, workers and gradient accumulation are fine). Losses are matched to
-        samples by position in the epoch plan.
+        samples by position in the epoch plan, unless ``indices=`` is given.
+
+    Epochs (:mod:`infobatch.lifecycle`): an iteration that receives no update (evaluation on
+    the training loader, a peek) changes nothing, and the next one yields the same plan. An
+    epoch starts at its first update; an iteration begun after it completed (or was broken
+    off) trains the next epoch. ``set_epoch(e)`` followed by a loop trains epoch ``e``.
 
     Under ``torch.distributed`` every rank computes the same plan and takes every
     ``num_replicas``-th index of it (padded so all ranks get the same number of batches).
-    Scores are merged across ranks once per epoch, at the epoch's last :meth:`update`.
+    Scores are merged across ranks once per epoch by an asynchronous collective on a process
+    group of infobatch's own, started by the epoch's last :meth:`update` (which does not wait
+    for it) and finished when the next epoch is planned.
     """
 
     def __init__(
@@ -104,8 +144,9 @@ class InfoBatchSampler(Sampler[int]):
         prune_ratio: float = 0.5,
         delta: float = 0.875,
         *,
-        seed: int = 0,
+        seed: int | None = None,
         drop_last: bool = False,
+        batch_size: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
         rule: PruningRule | None = None,
@@ -118,49 +159,73 @@ class InfoBatchSampler(Sampler[int]):
             raise ValueError(
                 f"Invalid num_samples {num_samples}: the dataset is empty, give it samples"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        if not isinstance(drop_last, bool):
-            raise TypeError(f"drop_last must be a bool, got {type(drop_last).__name__}")
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+                raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+            if batch_size < 1:
+                raise ValueError(f"Invalid batch_size {batch_size}, batch_size should be >= 1")
+        self.seed_given = seed is not None
+        self.seed = _check_seed(seed) if seed is not None else torch.initial_seed()
+        self.drop_last = _check_flag("drop_last", drop_last)
+        self.batch_size = batch_size
         self.num_samples = num_samples
         self.schedule = AnnealingSchedule(num_epochs, delta)
         default_rule = SoftPruning(prune_ratio)
         self.prune_ratio = float(prune_ratio)
         self.rule: PruningRule = rule if rule is not None else default_rule
         self._rule_prunes = rule is not None or prune_ratio > 0
-        self.seed = seed
-        self.drop_last = drop_last
-        self.num_replicas, self.rank, found = resolve_replicas(num_replicas, rank)
-        self._collectives = collectives if collectives is not None else found
-        self._scores = ScoreTable(num_samples, track_updates=self._collectives is not None)
-        if self._collectives is not None:
-            fingerprint = self._fingerprint()
-            check_same_on_all_ranks(
-                self._collectives,
-                list(fingerprint),
-                fingerprint.values(),
-                float_names=("prune_ratio", "delta"),
-            )
+        self.num_replicas, self.rank, merge = resolve_replicas(num_replicas, rank)
+        if collectives is None and merge:
+            collectives = TorchCollectives()
+        self._collectives = collectives
+        self._scores = ScoreTable(num_samples, track_updates=collectives is not None)
+        if collectives is not None:
+            self._agree_with_other_ranks(collectives)
 
-        self._epoch = 0
+        self._life = EpochLifecycle()
+        self._batches = BatchBoundaries(batch_size=batch_size, drop_last=self.drop_last)
         self._plan: EpochPlan | None = None
-        self._share = torch.empty(0, dtype=torch.int64)
-        self._share_cpu = self._share
-        self._started = False  # the plan's iteration has begun
-        self._finished = False  # every update of the plan is in and scores are merged
-        self._start = 0  # share position where the current iteration starts
-        self._yielded = 0  # share positions handed to the loader
-        self._consumed = 0  # share positions whose losses reached update()
-        self._batch_len: int | None = None
-        self._iteration = 0
+        self._plan_fresh = True  # no score changed since the plan was made
+        self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
         self._history: dict[int, EpochStats] = {}
         self._nonfinite_total = 0
+        self._saturated_total = 0
+
+    def _agree_with_other_ranks(self, collectives: Collectives) -> None:
+        """One all_gather: settings must match; an unset seed becomes rank 0's."""
+        settings = {
+            "num_samples": self.num_samples,
+            "num_epochs": self.num_epochs,
+            "prune_ratio": _float_bits(self.prune_ratio),
+            "delta": _float_bits(self.delta),
+            "drop_last": int(self.drop_last),
+            "num_replicas": self.num_replicas,
+            "batch_size": self.batch_size if self.batch_size is not None else -1,
+        }
+        values = [*settings.values(), _as_int64(self.seed), int(self.seed_given)]
+        gathered = gather_settings(collectives, values)
+        raise_if_disagree(list(settings), gathered, float_names=("prune_ratio", "delta"))
+        seeds = [(v[-2] % _SEED_LIMIT, bool(v[-1])) for v in gathered]
+        given = [[seed] if seed_given else [-1] for seed, seed_given in seeds]
+        if len({s for s, seed_given in seeds if seed_given}) > 1:
+            raise InfoBatchError(
+                "InfoBatch settings differ between ranks, so their epoch plans would differ: "
+                f"{settings_disagreement(['seed'], given)} (-1: no seed given). Give every "
+                "rank the same seed=, or none (then rank 0's torch seed is used everywhere)."
+            )
+        chosen = [seed for seed, seed_given in seeds if seed_given]
+        self.seed = chosen[0] if chosen else seeds[0][0]
 
     # ------------------------------------------------------------------ public state
     @property
     def epoch(self) -> int:
         """The epoch being planned or trained (0-based)."""
-        return self._epoch
+        return self._life.epoch
+
+    @property
+    def phase(self) -> Phase:
+        """Where the current epoch stands (see :class:`infobatch.lifecycle.Phase`)."""
+        return self._life.phase
 
     @property
     def num_epochs(self) -> int:
@@ -174,7 +239,12 @@ class InfoBatchSampler(Sampler[int]):
 
     @property
     def scores(self) -> Tensor:
-        """Latest score of every sample (float32, ``nan`` = never scored)."""
+        """Latest score of every sample (float32, ``nan`` = never scored).
+
+        Under ``torch.distributed``, right after an epoch's last update this waits for the
+        score merge that update started (no new collective).
+        """
+        self._finish_merge()
         return self._scores.values
 
     @property
@@ -194,7 +264,7 @@ class InfoBatchSampler(Sampler[int]):
 
     @property
     def num_pruned(self) -> int:
-        """Samples skipped, summed over all planned epochs."""
+        """Samples skipped, summed over all started epochs."""
         return sum(s.num_pruned for s in self._history.values())
 
     @property
@@ -204,68 +274,145 @@ class InfoBatchSampler(Sampler[int]):
 
     # ------------------------------------------------------------------ epoch lifecycle
     def __len__(self) -> int:
-        """Number of indices the next (or current) iteration yields on this rank.
+        """Number of indices the next iteration yields on this rank (the current one's, while
+        an epoch is being trained).
 
-        Queried before an epoch's loop, it plans that epoch, so ``len(loader)`` is exact.
+        Asked before an epoch's loop, it plans that epoch, so ``len(loader)`` is exact.
         """
-        if self._plan is None:
-            self._make_plan(self._epoch)
-        elif self._finished:
-            self._make_plan(self._epoch + 1)
-        return self._share.numel() - self._start
+        epoch = self._life.epoch_to_plan_for_len()
+        if epoch is not None:
+            self._move_to_epoch(epoch)
+        return self._life.remaining()
 
     def __iter__(self) -> Iterator[int]:
-        """Start the next epoch (or the one just planned) and yield this rank's indices."""
-        if self._plan is None:
-            self._make_plan(self._epoch)
-        elif self._started:
-            self._end_epoch()
-            self._make_plan(self._epoch + 1)
-        self._record_stats()  # an epoch counts once training on it starts, not when planned
-        self._started = True
-        self._iteration += 1
-        self._start = self._yielded = self._consumed
-        return self._generate(self._iteration, self._start)
+        """Yield this rank's indices of the current plan, or of the next epoch's.
+
+        The current plan if it has received no update yet (an iteration without updates
+        changes nothing); the next epoch's after an epoch completed or was broken off.
+        """
+        life = self._life
+        epoch = life.epoch_to_plan_for_iteration()
+        if epoch is not None:
+            self._move_to_epoch(epoch)
+        pass_number = life.open_pass()
+        self._batches.new_pass()
+        if self._batches.pass_is_empty(life.remaining()):  # drop_last drops every batch
+            self._record_stats()
+            life.complete()
+        return self._generate(pass_number, life.start)
 
     def set_epoch(self, epoch: int) -> None:
-        """Plan ``epoch`` now (as with ``DistributedSampler``); calling it is optional.
+        """Make the next iteration train ``epoch`` (as with ``DistributedSampler``).
 
-        Calling it again for the epoch already planned or under way does nothing.
+        Calling it is optional. For the epoch already planned and not yet trained it does
+        nothing; for the epoch being (or just) trained it restarts that epoch's plan; for any
+        other epoch it plans that epoch from the current scores.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int):
             raise TypeError(f"epoch must be an int, got {type(epoch).__name__}")
         if epoch < 0:
             raise ValueError(f"Invalid epoch {epoch}, epoch should be >= 0")
-        if self._plan is not None and epoch == self._epoch:
-            return
-        if self._plan is not None and self._started:
-            self._end_epoch()
-        self._make_plan(epoch)
+        action = self._life.set_epoch_action(epoch)
+        if action == "plan":
+            self._move_to_epoch(epoch)
+        elif action == "restart":
+            self._settle()
+            self._life.restart()
 
-    def _generate(self, iteration: int, start: int) -> Iterator[int]:
-        position = start
-        for chunk in torch.split(self._share_cpu[start:], _YIELD_CHUNK):
-            for index in chunk.tolist():
-                if self._iteration != iteration:
-                    return  # a newer iteration has taken over
-                position += 1
-                self._yielded = position
-                yield index
+    def _generate(self, pass_number: int, start: int) -> Iterator[int]:
+        life, position, finished = self._life, start, False
+        try:
+            for chunk in torch.split(self._share_cpu[start:], _YIELD_CHUNK):
+                for index in chunk.tolist():
+                    if life.passes != pass_number:
+                        return  # a newer iteration has taken over
+                    position += 1
+                    life.yielded = position
+                    yield index
+            finished = True
+        finally:
+            if not finished:  # closed early: the loop broke off, or a newer pass took over
+                life.closed(pass_number)
 
-    def _make_plan(self, epoch: int) -> None:
+    def _move_to_epoch(self, epoch: int) -> None:
+        """End the current epoch (its scores merged across ranks) and plan ``epoch``."""
+        self._end_epoch()
+        self._settle()
+        self._plan = None  # free the previous plan before the next one is built
+        self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
         prunes = self._rule_prunes and self.schedule.prunes(epoch)
-        generator = epoch_generator(self.seed, epoch, self._scores.device)
+        generator = epoch_generator(self.seed, epoch)
         plan = build_plan(epoch, self._scores.values, self.rule if prunes else None, generator)
-        self._set_plan(plan, position=0)
+        self._install(plan, position=0)
 
-    def _set_plan(self, plan: EpochPlan, position: int) -> None:
-        self._epoch = plan.epoch
+    def _install(self, plan: EpochPlan, position: int) -> None:
         self._plan = plan
+        self._plan_fresh = True
         self._share = plan.share(self.rank, self.num_replicas)
         self._share_cpu = self._share.cpu()
-        self._started = self._finished = False
-        self._start = self._yielded = self._consumed = position
-        self._batch_len = None
+        self._life.planned(plan.epoch, self._share.numel(), position)
+
+    def _end_epoch(self) -> None:
+        """Leave the current epoch: report missing updates, start merging its scores."""
+        life = self._life
+        if life.phase is Phase.TRAINING:
+            missing = life.length - life.consumed
+            warnings.warn(
+                f"{missing} of the {life.length} samples planned for epoch {life.epoch} on "
+                "this rank never reached update() (the loop was broken off, or update() was "
+                "not called for every batch); they keep their previous scores. If your "
+                "DataLoader uses drop_last=True, pass drop_last=True to InfoBatch as well.",
+                stacklevel=4,
+            )
+        self._start_merge()
+
+    def _start_merge(self) -> None:
+        """Start the cross-rank merge of this epoch's scores (returns at once)."""
+        if self._life.trained and self._collectives is not None:
+            self._scores.start_merge(self._collectives.start_all_reduce_max)
+        self._life.trained = False
+
+    def _finish_merge(self) -> None:
+        """Wait for a started merge; a rank that never joins it becomes a clear error."""
+        if not self._scores.merge_pending:
+            return
+        try:
+            self._scores.finish_merge()
+        except RuntimeError as error:
+            timeout = getattr(self._collectives, "timeout", None)
+            raise InfoBatchError(
+                f"InfoBatch's score merge for epoch {self._life.epoch} did not complete on rank "
+                f"{self.rank}{f' within {timeout}' if timeout else ''}: another rank has not "
+                f"finished epoch {self._life.epoch} (it left the loop early, stopped, or ran "
+                "fewer batches). Every rank must train each epoch it starts to its end (one "
+                "update() per batch) or break off on all ranks together; to cut an epoch "
+                "short on purpose, call sampler.set_epoch(next_epoch) on every rank. To wait "
+                "longer, pass collectives=TorchCollectives(timeout=...). "
+                f"({type(error).__name__}: {error})"
+            ) from error
+
+    def _settle(self) -> None:
+        """Finish a started merge and account for the scores that were not recorded as given."""
+        self._finish_merge()
+        if not self._scores.has_counts:
+            return
+        nonfinite, saturated = self._scores.pop_counts()
+        if nonfinite and self._nonfinite_total == 0:
+            warnings.warn(
+                f"{nonfinite} non-finite losses (nan/inf) in epoch {self._life.epoch} were not "
+                "recorded as scores; those samples keep their previous scores. Further ones "
+                "are counted in nonfinite_count without warning.",
+                stacklevel=4,
+            )
+        if saturated and self._saturated_total == 0:
+            warnings.warn(
+                f"{saturated} float64 scores in epoch {self._life.epoch} exceed float32's range "
+                "(3.4e38) and were stored as +-3.4e38 in the float32 score table; rescale "
+                "your losses or pass a smaller score= to keep their order.",
+                stacklevel=4,
+            )
+        self._nonfinite_total += nonfinite
+        self._saturated_total += saturated
 
     def _record_stats(self) -> None:
         plan = self._plan
@@ -302,42 +449,6 @@ class InfoBatchSampler(Sampler[int]):
             100.0 * stats.saved_fraction,
         )
 
-    def _end_epoch(self) -> None:
-        """Close the epoch if its last update did not: report missing updates, merge scores."""
-        if self._finished:
-            return
-        missing = self._share.numel() - self._consumed
-        if self.drop_last and self._batch_len is None:
-            expected = missing  # no full batch this epoch: the loader may have dropped them all
-        elif self.drop_last and self._batch_len:
-            expected = (self._share.numel() - self._start) % self._batch_len
-        else:
-            expected = 0
-        if missing > expected:
-            warnings.warn(
-                f"{missing} of the {self._share.numel()} samples planned for epoch "
-                f"{self._epoch} on this rank never reached update(); they keep their previous "
-                "scores. Call update() once per batch; if your DataLoader uses drop_last=True, "
-                "pass drop_last=True to InfoBatch as well.",
-                stacklevel=3,
-            )
-        self._finish()
-
-    def _finish(self) -> None:
-        if self._collectives is not None:
-            self._scores.merge(self._collectives.all_reduce_max)
-        nonfinite = self._scores.pop_nonfinite_count()
-        if nonfinite:
-            if self._nonfinite_total == 0:
-                warnings.warn(
-                    f"{nonfinite} non-finite losses (nan/inf) in epoch {self._epoch} were not "
-                    "recorded as scores; those samples keep their previous scores. Further "
-                    "ones are counted in nonfinite_count without warning.",
-                    stacklevel=4,
-                )
-            self._nonfinite_total += nonfinite
-        self._finished = True
-
     # ------------------------------------------------------------------ losses in
     def update(
         self, loss: Tensor, *, indices: IndexLike | None = None, score: Tensor | None = None
@@ -345,7 +456,10 @@ class InfoBatchSampler(Sampler[int]):
         """Record a batch's per-sample losses as scores; return the weighted mean to minimise.
 
         The result is ``sum(w_i * loss_i) / batch_size`` in ``loss.dtype``, with ``w_i`` the
-        sample's weight this epoch. ``loss`` is not modified. No host-device synchronisation.
+        sample's weight this epoch, accumulated in float64 for float64 losses and in float32
+        otherwise. For float16 a weighted mean above 65504 becomes ``inf`` when cast back, as
+        ``loss.mean()`` would (scale the returned loss, e.g. with ``GradScaler``, not before).
+        ``loss`` is not modified. No host-device synchronisation, no collective that waits.
 
         Args:
             loss (Tensor): per-sample losses, shape ``[batch_size]``, any float dtype/device.
@@ -363,52 +477,53 @@ class InfoBatchSampler(Sampler[int]):
                     f"score has shape {tuple(score.shape)} but loss has {tuple(loss.shape)}; "
                     "give one score per sample"
                 )
-        plan = self._plan
-        if plan is None or not self._started:
+        life, plan = self._life, self._plan
+        if plan is None or not life.pass_open:
             raise InfoBatchError(
                 "update() was called before the loader yielded any batch of this epoch; "
                 "iterate a DataLoader built with sampler=<InfoBatch>.sampler, then pass each "
                 "batch's per-sample losses to update()"
             )
-        share_len = self._share.numel()
-        if self._finished:
+        if life.phase is Phase.COMPLETE:
             raise InfoBatchError(
-                f"update() was called after all {share_len} planned samples of epoch "
-                f"{self._epoch} were updated; call update() once per batch. If your "
+                f"update() was called after all {life.length} planned samples of epoch "
+                f"{life.epoch} were updated; call update() once per batch. If your "
                 "DataLoader keeps the last partial batch, build InfoBatch with drop_last=False"
             )
+        self._finish_merge()  # only pending if updates came out of order; normally a no-op
         if loss.device != self._scores.device:
             plan = self._move_to(loss.device, plan)
-        start, end = self._consumed, self._consumed + batch
+        start, end = life.consumed, life.consumed + batch
         if indices is None:
-            if end > self._yielded:
-                raise InfoBatchError(
-                    f"update() received {batch} losses but only {self._yielded - start} "
-                    f"samples of epoch {self._epoch} were loaded and not yet updated; pass one "
-                    "loss per sample of the batch (reduction='none'), once per batch"
-                )
-            if self._batch_len not in (None, batch) and end != share_len:
-                raise ValueError(
-                    f"loss has {batch} elements but earlier batches of epoch {self._epoch} had "
-                    f"{self._batch_len}; only the epoch's last batch may be shorter. Pass one "
-                    "loss per sample, or pass indices= with each batch"
-                )
+            self._batches.check(
+                batch,
+                epoch=life.epoch,
+                start=life.start,
+                consumed=start,
+                yielded=life.yielded,
+                length=life.length,
+            )
             batch_indices = self._share[start:end]
         else:
             batch_indices = self._check_indices(indices, batch)
-            if end > share_len:
+            if end > life.length:
                 raise InfoBatchError(
-                    f"update() received losses for {end} samples in epoch {self._epoch} but "
-                    f"only {share_len} are planned on this rank; call update() once per batch"
+                    f"update() received losses for {end} samples in epoch {life.epoch} but "
+                    f"only {life.length} are planned on this rank; call update() once per batch"
                 )
-        if self._batch_len is None:  # the epoch's first batch sets the batch length
-            self._batch_len = batch
-        self._consumed = end
-        weights = plan.weights_of(batch_indices)
+        self._batches.note(batch, final=end == life.length)
+        if life.receive(batch):
+            self._record_stats()
+        accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
+        upweighted = plan.status.index_select(0, batch_indices) == UPWEIGHTED
+        weights = torch.full(upweighted.shape, plan.weight, dtype=accumulate, device=loss.device)
+        weights.masked_fill_(~upweighted, 1.0)
         self._scores.record(batch_indices, score if score is not None else loss)
-        weighted = (loss.float() * weights).sum() / batch
-        if end == share_len or (self.drop_last and share_len - end < self._batch_len):
-            self._finish()
+        self._plan_fresh = False
+        weighted = (loss.to(accumulate) * weights).sum() / batch
+        if self._batches.ends_epoch(end, life.length):
+            life.complete()
+            self._start_merge()
         return weighted.to(loss.dtype)
 
     def _check_indices(self, indices: IndexLike, batch: int) -> Tensor:
@@ -437,38 +552,23 @@ class InfoBatchSampler(Sampler[int]):
         return self._plan
 
     # ------------------------------------------------------------------ checkpointing
-    def _fingerprint(self) -> dict[str, int]:
-        return {
-            "num_samples": self.num_samples,
-            "num_epochs": self.num_epochs,
-            "prune_ratio": _float_bits(self.prune_ratio),
-            "delta": _float_bits(self.delta),
-            "seed": self.seed,
-            "drop_last": int(self.drop_last),
-            "num_replicas": self.num_replicas,
-        }
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: settings, scores, epoch, position, statistics.
 
         Randomness needs no state: each epoch's generator is derived from ``(seed, epoch)``.
-        Mid-epoch, the current plan is included so the epoch continues exactly.
+        Mid-epoch, the current plan is included so the epoch continues exactly. Runs no
+        collective (call it on rank 0 only if you like); right after an epoch's last update
+        it waits for the score merge that update started.
         """
-        epoch, plan_state, position = self._epoch, None, 0
-        if self._plan is not None and self._finished:
+        self._settle()
+        life = self._life
+        epoch, position, saved_plan = life.epoch, 0, None
+        if life.phase is Phase.COMPLETE:
             epoch += 1
-        elif self._plan is not None and self._consumed > 0:
-            plan = self._plan
-            position = self._consumed
-            plan_state = {
-                "order": plan.order.cpu().clone(),
-                "status": plan.status.cpu().clone(),
-                "weight": plan.weight,
-                "threshold": plan.threshold,
-                "num_scored": plan.num_scored,
-                "num_well_learned": plan.num_well_learned,
-                "pruning": plan.pruning,
-            }
+        elif self._plan is not None and life.phase is Phase.TRAINING:
+            position, saved_plan = life.consumed, plan_state(self._plan)
+        elif self._plan is not None and (life.resume_at > 0 or not self._plan_fresh):
+            position, saved_plan = life.resume_at, plan_state(self._plan)
         return {
             "version": STATE_VERSION,
             "num_samples": self.num_samples,
@@ -477,12 +577,13 @@ class InfoBatchSampler(Sampler[int]):
             "delta": self.delta,
             "seed": self.seed,
             "drop_last": self.drop_last,
+            "batch_size": self.batch_size,
             "num_replicas": self.num_replicas,
             "epoch": epoch,
             "position": position,
-            "plan": plan_state,
+            "plan": saved_plan,
             "scores": self._scores.values.cpu().clone(),
-            "history": [s.as_dict() for s in self.history if s.epoch < epoch or plan_state],
+            "history": [s.as_dict() for s in self.history if s.epoch < epoch or saved_plan],
             "nonfinite_count": self._nonfinite_total,
         }
 
@@ -490,66 +591,57 @@ class InfoBatchSampler(Sampler[int]):
         """Restore :meth:`state_dict` output; the sampler's settings must match the saved ones.
 
         A checkpoint taken at an epoch boundary may be loaded with any number of replicas;
-        one taken mid-epoch needs the same number of replicas.
+        one taken mid-epoch needs the same number of replicas. A sampler built without
+        ``seed=`` takes the checkpoint's seed.
         """
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
-        version = state.get("version")
-        if version != STATE_VERSION:
+        check_state(
+            state,
+            {
+                "num_samples": self.num_samples,
+                "num_epochs": self.num_epochs,
+                "prune_ratio": self.prune_ratio,
+                "delta": self.delta,
+                "drop_last": self.drop_last,
+            },
+        )
+        saved_seed = _check_seed(state.get("seed"))
+        if self.seed_given and saved_seed != self.seed:
             raise ValueError(
-                f"unsupported InfoBatch state version {version!r}; this infobatch reads "
-                f"version {STATE_VERSION}"
+                f"checkpoint was saved with seed={saved_seed} but this InfoBatch has "
+                f"seed={self.seed}; build it with the same seed (or none) to resume"
             )
-        missing = {"epoch", "position", "plan", "scores", "history"} - state.keys()
-        if missing:
-            raise ValueError(f"InfoBatch state is missing keys {sorted(missing)}")
-        for key in ("num_samples", "num_epochs", "prune_ratio", "delta", "seed", "drop_last"):
-            mine = getattr(self, key)
-            if state.get(key) != mine:
-                raise ValueError(
-                    f"checkpoint was saved with {key}={state.get(key)!r} but this InfoBatch has "
-                    f"{key}={mine!r}; build it with the same settings to resume"
-                )
-        epoch, position, plan_state = state["epoch"], state["position"], state["plan"]
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"invalid epoch {epoch!r} in InfoBatch state")
-        if not isinstance(state["scores"], Tensor):
-            raise TypeError("InfoBatch state 'scores' must be a tensor")
-        self._scores.load(state["scores"])
-        self._history = {int(d["epoch"]): EpochStats(**d) for d in state["history"]}
-        self._nonfinite_total = int(state.get("nonfinite_count", 0))
-        self._iteration += 1  # retire any live iterator
-        if plan_state is None:
-            self._epoch, self._plan = epoch, None
-            self._started = self._finished = False
-            self._start = self._yielded = self._consumed = 0
-            return
-        if state.get("num_replicas") != self.num_replicas:
+        epoch, position, saved_plan = state["epoch"], state["position"], state["plan"]
+        if saved_plan is not None and state.get("num_replicas") != self.num_replicas:
             raise ValueError(
                 f"checkpoint was taken mid-epoch with num_replicas={state.get('num_replicas')} "
                 f"but this run has {self.num_replicas}; resume mid-epoch with the same number "
                 "of processes, or from a checkpoint taken at an epoch boundary"
             )
-        device = self._scores.device
-        plan = EpochPlan(
-            epoch=epoch,
-            order=plan_state["order"].to(device),
-            status=plan_state["status"].to(device),
-            weight=float(plan_state["weight"]),
-            threshold=float(plan_state["threshold"]),
-            num_scored=int(plan_state["num_scored"]),
-            num_well_learned=int(plan_state["num_well_learned"]),
-            pruning=bool(plan_state["pruning"]),
-        )
-        if plan.status.shape != (self.num_samples,):
-            raise ValueError("InfoBatch state 'plan' does not match the dataset size")
-        share_len = len(plan.share(self.rank, self.num_replicas))
-        if not isinstance(position, int) or not 0 <= position <= share_len:
-            raise ValueError(f"invalid position {position!r} in InfoBatch state")
-        self._set_plan(plan, position)
+        plan = None
+        if saved_plan is not None:
+            plan = plan_from_state(saved_plan, epoch, self.num_samples, self._scores.device)
+            share_len = len(plan.share(self.rank, self.num_replicas))
+            if position > share_len:
+                raise ValueError(f"invalid position {position!r} in InfoBatch state")
+        self._settle()
+        self.seed = saved_seed
+        self._scores.load(state["scores"])
+        self._history = {int(d["epoch"]): EpochStats(**d) for d in state["history"]}
+        self._nonfinite_total = int(state.get("nonfinite_count", 0))
+        self._life.passes += 1  # retire any live iterator
+        self._life.trained = False
+        self._batches.new_pass()
+        if plan is None:
+            self._plan = None
+            self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
+            self._life.unplanned(epoch)
+            return
+        self._install(plan, position)
+        self._plan_fresh = False  # made from the scores of an earlier point
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable copy (for ``spawn`` workers): tensors on CPU, no process group."""
+        self._finish_merge()
         state = self.__dict__.copy()
         state["_collectives"] = None
         if self._scores.device.type != "cpu":
@@ -565,6 +657,6 @@ class InfoBatchSampler(Sampler[int]):
         return (
             f"{type(self).__name__}(num_samples={self.num_samples}, "
             f"num_epochs={self.num_epochs}, prune_ratio={self.prune_ratio}, "
-            f"delta={self.delta}, seed={self.seed}, epoch={self._epoch}, "
+            f"delta={self.delta}, seed={self.seed}, epoch={self.epoch}, "
             f"rank={self.rank}/{self.num_replicas})"
         )

@@ -1,0 +1,93 @@
+"""The checkpoint format of the sampler's state: what is saved, and how it is validated.
+
+A state is a plain dict of primitives and CPU tensors under string keys, with a version key:
+
+* settings: ``num_samples``, ``num_epochs``, ``prune_ratio``, ``delta``, ``seed``,
+  ``drop_last``, ``num_replicas``, ``batch_size``;
+* where training stands: ``epoch`` and ``position`` (losses received in that epoch on this
+  rank), and ``plan`` (``None`` at an epoch boundary, where the plan is rebuilt exactly from
+  ``(seed, epoch, scores)``; else the epoch's order and status);
+* ``scores`` (float32, ``nan`` = never scored), ``history`` (one dict per epoch) and
+  ``nonfinite_count``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .plan import EpochPlan
+
+__all__ = ["STATE_VERSION", "READABLE_VERSIONS", "plan_state", "plan_from_state", "check_state"]
+
+#: Version key written by :meth:`InfoBatchSampler.state_dict`.
+STATE_VERSION = 2
+#: Versions :meth:`InfoBatchSampler.load_state_dict` reads (1: infobatch 0.1).
+READABLE_VERSIONS = (1, 2)
+
+_REQUIRED = ("epoch", "position", "plan", "scores", "history")
+_SETTINGS = ("num_samples", "num_epochs", "prune_ratio", "delta", "drop_last")
+
+
+def plan_state(plan: EpochPlan) -> dict[str, Any]:
+    """The part of ``plan`` a mid-epoch checkpoint needs, on the CPU."""
+    return {
+        "order": plan.order.cpu().clone(),
+        "status": plan.status.cpu().clone(),
+        "weight": plan.weight,
+        "threshold": plan.threshold,
+        "num_scored": plan.num_scored,
+        "num_well_learned": plan.num_well_learned,
+        "pruning": plan.pruning,
+    }
+
+
+def plan_from_state(
+    state: dict[str, Any], epoch: int, num_samples: int, device: torch.device
+) -> EpochPlan:
+    """Rebuild a plan saved by :func:`plan_state`, validated against the dataset size."""
+    order, status = state["order"], state["status"]
+    if not isinstance(order, Tensor) or not isinstance(status, Tensor):
+        raise TypeError("InfoBatch state 'plan' must hold 'order' and 'status' tensors")
+    if status.shape != (num_samples,):
+        raise ValueError("InfoBatch state 'plan' does not match the dataset size")
+    return EpochPlan(
+        epoch=epoch,
+        order=order.to(device),
+        status=status.to(device),
+        weight=float(state["weight"]),
+        threshold=float(state["threshold"]),
+        num_scored=int(state["num_scored"]),
+        num_well_learned=int(state["num_well_learned"]),
+        pruning=bool(state["pruning"]),
+    )
+
+
+def check_state(state: Any, settings: dict[str, Any]) -> None:
+    """Raise a clear error unless ``state`` is a readable state saved with ``settings``."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+    version = state.get("version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(
+            f"unsupported InfoBatch state version {version!r}; this infobatch reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
+        )
+    missing = set(_REQUIRED) - state.keys()
+    if missing:
+        raise ValueError(f"InfoBatch state is missing keys {sorted(missing)}")
+    for key in _SETTINGS:
+        if state.get(key) != settings[key]:
+            raise ValueError(
+                f"checkpoint was saved with {key}={state.get(key)!r} but this InfoBatch has "
+                f"{key}={settings[key]!r}; build it with the same settings to resume"
+            )
+    epoch, position = state["epoch"], state["position"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"invalid epoch {epoch!r} in InfoBatch state")
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise ValueError(f"invalid position {position!r} in InfoBatch state")
+    if not isinstance(state["scores"], Tensor):
+        raise TypeError("InfoBatch state 'scores' must be a tensor")
