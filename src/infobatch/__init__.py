@@ -1,8 +1,9 @@
 """infobatch: unbiased dynamic data pruning (InfoBatch, ICLR 2024) for PyTorch."""
 
 from .dataset import InfoBatch
-from .distributed import Collectives, TorchCollectives
+from .distributed import Collectives, PendingReduce, TorchCollectives
 from .errors import InfoBatchError
+from .lifecycle import EpochLifecycle, Phase
 from .plan import EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import KeepAll, PruningRule, Selection, SoftPruning
@@ -16,12 +17,15 @@ __version__ = "0.1.0"
 __all__ = [
     "AnnealingSchedule",
     "Collectives",
+    "EpochLifecycle",
     "EpochPlan",
     "EpochStats",
     "InfoBatch",
     "InfoBatchError",
     "InfoBatchSampler",
     "KeepAll",
+    "PendingReduce",
+    "Phase",
     "PruningRule",
     "STATE_VERSION",
     "ScoreTable",
