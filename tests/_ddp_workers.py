@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -425,6 +426,88 @@ def job_model_parallel(out_dir: Path, config: dict[str, Any]) -> Record:
     return {"records": records}
 
 
+class ExactlyNParameters(nn.Module):
+    """A linear model padded to ``NUM_SAMPLES`` parameters: its gradient all-reduce has the
+    score table's size, so a stray score merge would pair with it and corrupt the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4, bias=False)
+        self.pad = nn.Parameter(torch.zeros(NUM_SAMPLES - 32))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features) + 0.0 * self.pad.sum()
+
+
+def job_evaluate_on_rank_0(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Rank 0 alone evaluates on the training loader after each epoch and peeks mid-run."""
+    rank = dist.get_rank()
+    run = make_run("no_set_epoch_workers", num_workers=0, context=None)
+    torch.manual_seed(0)
+    run.model = DistributedDataParallel(ExactlyNParameters())
+    run.optimizer = torch.optim.SGD(run.model.parameters(), lr=0.05)
+    records = []
+    for epoch in range(NUM_EPOCHS):
+        records += train_epochs(run, range(epoch, epoch + 1))
+        if rank == 0:
+            evaluated = sum(len(labels) for _features, labels, _index in run.loader)
+            records[-1]["evaluated"] = evaluated
+            if epoch == 1:
+                next(iter(run.loader))  # a peek at the next epoch
+    assert run.counter is not None
+    return {
+        "records": records,
+        "calls": list(run.counter.calls),
+        "parameters": model_parameters(run),
+        "history": [s.epoch for s in run.dataset.history],
+    }
+
+
+def job_leave_early(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Rank 1 leaves the last epoch after 2 batches; rank 0 finishes it and checkpoints."""
+    rank = dist.get_rank()
+    collectives = TorchCollectives(timeout=timedelta(seconds=config["merge_timeout"]))
+    dataset: InfoBatch[Any] = InfoBatch(
+        Blobs(NUM_SAMPLES), 2, delta=DELTA, seed=SEED, collectives=collectives
+    )
+    loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=dataset.sampler)
+    model = nn.Linear(8, 4)  # each rank its own model: only InfoBatch could make ranks wait
+    slowest_update = 0.0
+    for epoch in range(2):
+        for step, (features, labels, _index) in enumerate(loader):
+            if epoch == 1 and rank == 1 and step == 2:
+                break  # a time budget ran out on this rank
+            started = time.monotonic()
+            dataset.update(F.cross_entropy(model(features), labels, reduction="none"))
+            slowest_update = max(slowest_update, time.monotonic() - started)
+    error, waited = None, 0.0
+    if rank == 0:
+        started = time.monotonic()
+        try:
+            dataset.state_dict()
+        except InfoBatchError as caught:
+            error = str(caught)
+        waited = time.monotonic() - started
+    # The user's own collectives are untouched by InfoBatch's pending merge.
+    total = torch.ones(1)
+    dist.all_reduce(total)
+    return {"error": error, "waited": waited, "slowest_update": slowest_update, "sum": float(total)}
+
+
+def job_seeds(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Ranks seeded differently (seed + rank) without seed=; then a seed of 2**63 everywhere."""
+    rank = dist.get_rank()
+    torch.manual_seed(100 + rank)
+    implicit: InfoBatch[Any] = InfoBatch(Blobs(NUM_SAMPLES), NUM_EPOCHS)
+    large: InfoBatch[Any] = InfoBatch(Blobs(NUM_SAMPLES), NUM_EPOCHS, seed=2**63)
+    hashes = []
+    for dataset in (implicit, large):
+        dataset.sampler.set_epoch(0)
+        assert dataset.sampler.plan is not None
+        hashes.append(plan_hash(dataset.sampler.plan))
+    return {"seeds": [implicit.sampler.seed, large.sampler.seed], "hashes": hashes}
+
+
 JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "model_parallel": job_model_parallel,
     "train": job_train,
@@ -433,6 +516,9 @@ JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "large_index": job_large_index,
     "checkpoint_source": job_checkpoint_source,
     "checkpoint_resume": job_checkpoint_resume,
+    "evaluate_on_rank_0": job_evaluate_on_rank_0,
+    "leave_early": job_leave_early,
+    "seeds": job_seeds,
 }
 
 

@@ -339,3 +339,51 @@ def test_model_parallel_pairs_share_batches_and_one_score_table(
         assert len(replica_shares[0] & replica_shares[1]) < 2  # disjoint but for padding
         for record in records:
             assert_same_table(record["scores"], records[0]["scores"])
+
+
+# ---------------------------------------------------------------------- 6. everyday loop patterns
+MERGE_TIMEOUT = 4  # seconds a rank waits for a missing rank's part of the score merge
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    out = tmp_path_factory.mktemp("patterns")
+    jobs = ["evaluate_on_rank_0", "leave_early", "seeds"]
+    return launch(2, jobs, out, {"merge_timeout": MERGE_TIMEOUT})
+
+
+def test_rank_0_evaluating_on_the_training_loader_alone_changes_nothing(
+    patterns: list[Record],
+) -> None:
+    runs = [r["evaluate_on_rank_0"] for r in patterns]
+    assert [r["evaluated"] > 0 for r in runs[0]["records"]] == [True] * NUM_EPOCHS
+    for run in runs:
+        assert [r["plan_epoch"] for r in run["records"]] == list(range(NUM_EPOCHS))
+        assert run["history"] == list(range(NUM_EPOCHS))
+        # no collective but the construction check and one merge per epoch, on both ranks
+        assert run["calls"] == ["all_gather"] + ["all_reduce_max"] * NUM_EPOCHS
+    for a, b in zip(runs[0]["records"], runs[1]["records"]):
+        assert a["plan_hash"] == b["plan_hash"]
+        assert_same_table(a["scores"], b["scores"])
+    for a_param, b_param in zip(runs[0]["parameters"], runs[1]["parameters"]):
+        assert torch.isfinite(a_param).all() and torch.equal(a_param, b_param)
+
+
+def test_a_rank_leaving_the_last_epoch_early_blocks_no_update_and_fails_clearly(
+    patterns: list[Record],
+) -> None:
+    first, second = (r["leave_early"] for r in patterns)
+    assert first["slowest_update"] < 1.0 and second["slowest_update"] < 1.0  # no update waits
+    assert first["error"] is not None and second["error"] is None
+    assert "InfoBatch's score merge for epoch 1 did not complete on rank 0" in first["error"]
+    assert "call sampler.set_epoch(next_epoch) on every rank" in first["error"]
+    assert MERGE_TIMEOUT - 1 < first["waited"] < MERGE_TIMEOUT + 20  # failed, did not hang
+    assert first["sum"] == second["sum"] == 2.0  # the user's collective paired correctly
+
+
+def test_ranks_seeded_differently_take_rank_0s_seed_and_large_seeds_work(
+    patterns: list[Record],
+) -> None:
+    results = [r["seeds"] for r in patterns]
+    assert [r["seeds"] for r in results] == [[100, 2**63]] * 2
+    assert results[0]["hashes"] == results[1]["hashes"]
