@@ -89,8 +89,9 @@ def measure_size(
     gathered_indices = [torch.empty_like(batch_indices) for _ in range(world)]
     gathered_losses = [torch.empty_like(batch_losses) for _ in range(world)]
 
-    def merge() -> None:
-        table.merge(collectives.all_reduce_max)
+    def merge() -> None:  # started by the epoch's last update, finished by the next planning
+        table.start_merge(collectives.start_all_reduce_max)
+        table.finish_merge()
 
     def all_reduce() -> None:
         dist.all_reduce(floats)
