@@ -17,7 +17,7 @@ makes a quick check run.
 
 The InfoBatch part is the usual three lines; under ``torch.distributed`` nothing else changes:
 every rank plans the same epoch from the same scores and seed, trains its own share, and the
-scores are merged across ranks with one all-reduce at each epoch's last ``update()``.
+scores are merged across ranks with one all-reduce, started by each epoch's last ``update()``.
 """
 
 from __future__ import annotations
