@@ -1,0 +1,24 @@
+"""Integrations with training frameworks; each imports its framework only when imported.
+
+* :mod:`infobatch.integrations.hf`: ``InfoBatchTrainer``, a Hugging Face ``Trainer``
+  (``pip install "infobatch[hf]"``).
+* :mod:`infobatch.integrations.accelerate`: a loader helper for plain Accelerate loops
+  (``pip install "infobatch[hf]"``).
+* :mod:`infobatch.integrations.lightning`: a Lightning callback
+  (``pip install "infobatch[lightning]"``).
+* :mod:`infobatch.integrations.losses` and :mod:`infobatch.integrations.progress` need only
+  torch: per-sample losses (causal LM, sequence classification) and learning-rate schedules
+  driven by the fraction of epochs done.
+"""
+
+from .losses import IGNORE_INDEX, PerSampleLoss, causal_lm_loss, sequence_classification_loss
+from .progress import EpochProgress, ProgressLR
+
+__all__ = [
+    "IGNORE_INDEX",
+    "EpochProgress",
+    "PerSampleLoss",
+    "ProgressLR",
+    "causal_lm_loss",
+    "sequence_classification_loss",
+]

@@ -1,0 +1,280 @@
+"""InfoBatchTrainer (Hugging Face Trainer) trains tiny GPT-2 models for a few epochs.
+
+One process in this process, two on spawned gloo ranks. The runs record what reached the loss
+(``_hf_workers.py``); the tests check it against the epoch plans, the score table, the
+learning rate and resumed runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from infobatch import InfoBatch, InfoBatchError  # noqa: E402
+from infobatch.integrations.hf import STATE_FILE  # noqa: E402
+
+from ._common import launch  # noqa: E402
+from ._hf_workers import DEFAULTS, build_trainer, run_trainer, run_trainer_and_resume  # noqa: E402
+
+Record = dict[str, Any]
+EPOCHS = DEFAULTS["epochs"]
+PRUNED = [1, 2]  # epochs that may prune (epoch 0 has no scores yet, epoch 3 anneals)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    """One process: an uninterrupted run, checkpointed every step, and two resumed runs."""
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unlabelled rows' "non-finite" note, see below
+        return run_trainer_and_resume(tmp_path_factory.mktemp("hf1"), {})
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    """Two gloo ranks: the same uninterrupted and resumed runs, on each rank."""
+    return launch(2, run_trainer_and_resume, tmp_path_factory.mktemp("hf2"), {})
+
+
+def _equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
+        a.nan_to_num(0.0), b.nan_to_num(0.0)
+    )
+
+
+# ---------------------------------------------------------------------- one process
+def test_trainer_trains_every_planned_sample_once_per_epoch(causal: Record) -> None:
+    run = causal["full"]
+    assert sorted(run["plans"]) == list(range(EPOCHS))
+    for epoch, plan in run["plans"].items():
+        assert Counter(run["trained"][epoch]) == Counter(plan["share"]), epoch
+        assert len(plan["share"]) == plan["kept"]
+
+
+def test_trainer_kept_sets_shrink_in_pruning_epochs(causal: Record) -> None:
+    kept = {h["epoch"]: h["num_kept"] for h in causal["full"]["history"]}
+    n = DEFAULTS["num_samples"]
+    assert kept[0] == n and kept[EPOCHS - 1] == n
+    assert all(kept[e] < n for e in PRUNED)
+
+
+def test_trainer_scores_are_each_epochs_per_sample_losses(causal: Record) -> None:
+    run = causal["full"]
+    previous = torch.full((DEFAULTS["num_samples"],), float("nan"))
+    for epoch in range(EPOCHS):
+        scores = run["scores"][epoch]
+        expected = previous.clone()
+        for index, loss in run["losses"][epoch].items():
+            expected[index] = loss
+        assert _equal_nan(scores, expected), epoch
+        # Samples with no label (empty output): trained with weight 0, never scored.
+        unlabelled = run["unlabelled"][epoch]
+        assert unlabelled and torch.isnan(scores[unlabelled]).all()
+        previous = scores
+
+
+def test_trainer_steps_at_every_epoch_end_without_leftover_gradient(causal: Record) -> None:
+    run = causal["full"]
+    accumulation, batch = DEFAULTS["accumulation"], DEFAULTS["batch"]
+    for epoch, plan in run["plans"].items():
+        batches = math.ceil(len(plan["share"]) / batch)
+        assert run["steps"][epoch] == math.ceil(batches / accumulation)
+        assert run["leftover"][epoch] == 0.0  # the last group stepped: nothing leaks onwards
+    # The odd-sized last groups were filled (the path that prevents the leak was taken).
+    assert sum(run["fillers"].values()) > 0
+
+
+def test_trainer_learning_rate_schedule_completes(causal: Record) -> None:
+    run = causal["full"]
+    total = run["max_steps"]  # full-data steps: the length the linear schedule is written for
+    assert run["global_step"] < total  # pruned epochs were shorter...
+    assert run["final_lr"] == 0.0  # ...yet the schedule reached its end
+    rates = run["learning_rates"]
+    assert rates == sorted(rates, reverse=True)
+    # The last step ran where a full-data run's last step runs: 1/total of the peak.
+    assert rates[-1] == pytest.approx(DEFAULTS["lr"] / total)
+
+
+def test_trainer_logs_the_saved_fraction(causal: Record) -> None:
+    run = causal["full"]
+    assert run["saved_fraction_logged"][-1] == pytest.approx(run["saved_fraction"], abs=1e-6)
+    assert 0 < run["saved_fraction"] < 0.5
+
+
+@pytest.mark.parametrize("point", ["boundary", "middle"])
+def test_trainer_resume_reproduces_the_uninterrupted_run(causal: Record, point: str) -> None:
+    full, resumed = causal["full"], causal["resumed"][point]
+    first = min(resumed["plans"])
+    assert first == 2  # the boundary is epoch 1's end; the middle is inside epoch 2
+    for epoch in range(first, EPOCHS):
+        assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"], epoch
+        done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
+        assert resumed["trained"][epoch] == full["trained"][epoch][done:]
+        assert (done > 0) == (point == "middle" and epoch == first)
+    count = len(resumed["learning_rates"])
+    assert resumed["learning_rates"] == full["learning_rates"][-count:]
+    assert resumed["global_step"] == full["global_step"]
+    assert _equal_nan(resumed["final_scores"], full["final_scores"])
+    for name, value in full["params"].items():
+        assert torch.equal(resumed["params"][name], value), name
+
+
+def test_trainer_resume_negative_controls(causal: Record, tmp_path: Path) -> None:
+    # Planning epoch 2 without the checkpoint's scores gives another plan: the equality of
+    # plans above is not automatic.
+    from ._common import InstructionSet, make_records
+
+    fresh: InfoBatch[Any] = InfoBatch(
+        InstructionSet(make_records(DEFAULTS["num_samples"])),
+        EPOCHS,
+        delta=DEFAULTS["delta"],
+        seed=DEFAULTS["seed"],
+    )
+    fresh.sampler.set_epoch(2)
+    from ._hf_workers import plan_hash
+
+    assert fresh.sampler.plan is not None
+    assert plan_hash(fresh.sampler.plan) != causal["full"]["plans"][2]["hash"]
+    # A checkpoint without the InfoBatch state cannot be resumed silently.
+    trainer, _ = build_trainer(tmp_path, {})
+    with pytest.raises(InfoBatchError, match="no InfoBatch state"):
+        trainer.train(resume_from_checkpoint=str(tmp_path))
+
+
+def test_trainer_accumulation_scales_like_one_large_batch(tmp_path: Path) -> None:
+    """One step of 2 x 4 samples moves the weights as one step of 8 samples does."""
+    common = dict(optim="sgd", lr=0.5, stop_after_steps=1, epochs=2)
+    accumulated = run_trainer(tmp_path / "a", {**common, "batch": 4, "accumulation": 2})
+    single = run_trainer(tmp_path / "b", {**common, "batch": 8, "accumulation": 1})
+    assert accumulated["trained"][0] == single["trained"][0]  # the same 8 samples
+    for name, value in single["params"].items():
+        torch.testing.assert_close(accumulated["params"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_trainer_without_pruning_follows_the_plain_trainers_schedule(tmp_path: Path) -> None:
+    from transformers import Trainer
+
+    run = run_trainer(tmp_path / "ib", {"prune_ratio": 0.0})
+    trainer, _ = build_trainer(tmp_path / "plain", {})
+    plain = Trainer(
+        model=trainer.model,
+        args=trainer.args,
+        train_dataset=trainer.infobatch.dataset,
+        data_collator=trainer.data_collator,
+    )
+    plain.train()
+    rates = [e["learning_rate"] for e in plain.state.log_history if "learning_rate" in e]
+    assert run["global_step"] == plain.state.global_step
+    assert run["learning_rates"] == pytest.approx(rates, rel=1e-12)
+
+
+def test_trainer_sequence_classification(tmp_path: Path) -> None:
+    run = run_trainer(tmp_path, {"task": "classification", "num_samples": 48, "epochs": 3})
+    for epoch, plan in run["plans"].items():
+        assert Counter(run["trained"][epoch]) == Counter(plan["share"])
+        for index, loss in run["losses"][epoch].items():
+            assert run["scores"][epoch][index] == pytest.approx(loss, rel=0, abs=0)
+    assert run["final_lr"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"hf_dataset": True},  # a datasets.Dataset with a text column the model does not take
+        {"remove_unused_columns": False},
+        {"drop_last": True, "batch": 7},
+        {"workers": 2},
+        {"bf16": True},
+    ],
+    ids=["datasets", "keep-columns", "drop-last", "workers", "bf16"],
+)
+def test_trainer_variants_train_each_planned_sample_once(
+    tmp_path: Path, settings: dict[str, Any]
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "samples never reached update()"
+        warnings.filterwarnings("ignore", message=".*non-finite losses.*")
+        warnings.filterwarnings("ignore", message=".*fork.*")
+        run = run_trainer(tmp_path, {"epochs": 3, "delta": 0.67, **settings})
+    batch = settings.get("batch", DEFAULTS["batch"])
+    for epoch, plan in run["plans"].items():
+        share = plan["share"]
+        if settings.get("drop_last"):
+            share = share[: len(share) // batch * batch]
+        assert Counter(run["trained"][epoch]) == Counter(share), epoch
+        assert run["leftover"][epoch] == 0.0
+    assert run["final_lr"] == 0.0
+    assert torch.isfinite(run["final_scores"][~torch.isnan(run["final_scores"])]).all()
+
+
+# ---------------------------------------------------------------------- two processes
+def test_two_ranks_agree_and_train_every_planned_sample_once(two_ranks: list[Record]) -> None:
+    runs = [r["full"] for r in two_ranks]
+    assert [r["world"] for r in runs] == [2, 2]
+    for epoch in range(EPOCHS):
+        hashes = {r["plans"][epoch]["hash"] for r in runs}
+        assert len(hashes) == 1, epoch  # one plan everywhere
+        kept = runs[0]["plans"][epoch]["kept"]
+        shares = [r["plans"][epoch]["share"] for r in runs]
+        assert len(shares[0]) == len(shares[1]) == math.ceil(kept / 2)
+        assert not set(shares[0]) & set(shares[1]) or kept % 2  # only padding is shared
+        trained = Counter(runs[0]["trained"][epoch]) + Counter(runs[1]["trained"][epoch])
+        assert trained == Counter(shares[0]) + Counter(shares[1])
+        assert len(set(trained)) == kept  # every kept sample, on one rank (padding aside)
+        # Every rank holds the merged table: each sample's latest loss from the rank that
+        # trained it.
+        assert _equal_nan(runs[0]["scores"][epoch], runs[1]["scores"][epoch])
+        for run in runs:
+            for index, loss in run["losses"][epoch].items():
+                if trained[index] == 1:
+                    assert runs[0]["scores"][epoch][index] == loss
+    kept = {h["epoch"]: h["num_kept"] for h in runs[0]["history"]}
+    assert all(kept[e] < DEFAULTS["num_samples"] for e in PRUNED)
+    assert runs[0]["learning_rates"] == runs[1]["learning_rates"]
+    assert runs[0]["final_lr"] == runs[1]["final_lr"] == 0.0
+    for name, value in runs[0]["params"].items():
+        assert torch.equal(runs[1]["params"][name], value), name
+
+
+@pytest.mark.parametrize("point", ["boundary", "middle"])
+def test_two_ranks_resume_reproduces_the_uninterrupted_run(
+    two_ranks: list[Record], point: str
+) -> None:
+    for rank_result in two_ranks:
+        full, resumed = rank_result["full"], rank_result["resumed"][point]
+        for epoch in range(min(resumed["plans"]), EPOCHS):
+            assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"]
+            done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
+            assert resumed["trained"][epoch] == full["trained"][epoch][done:]
+        count = len(resumed["learning_rates"])
+        assert resumed["learning_rates"] == full["learning_rates"][-count:]
+        assert _equal_nan(resumed["final_scores"], full["final_scores"])
+        for name, value in full["params"].items():
+            torch.testing.assert_close(resumed["params"][name], value, rtol=0, atol=0)
+
+
+def test_two_ranks_write_one_state_file_per_rank(
+    two_ranks: list[Record], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    del two_ranks
+    root = Path(str(tmp_path_factory.getbasetemp()))
+    folders = list(root.glob("hf2*/full/run/checkpoint-*"))
+    assert folders
+    for folder in folders:
+        names = sorted(p.name for p in folder.iterdir() if p.name.startswith("infobatch_"))
+        assert names == [STATE_FILE.format(rank=0), STATE_FILE.format(rank=1)], folder
+    assert os.path.isdir(folders[0])
