@@ -200,15 +200,13 @@ class _EpochLoader:
             return
         epoch = self.next_epoch
         self.infobatch.sampler.set_epoch(epoch)
-        remaining = math.ceil(len(self.loader) / self.accumulation)
-        done = self.progress.done if self.progress.epoch == epoch else 0
-        if done + remaining > self.length // self.accumulation:
+        self.progress.begin(epoch, remaining=math.ceil(len(self.loader) / self.accumulation))
+        if self.progress.total > self.length // self.accumulation:
             raise InfoBatchError(
-                f"epoch {epoch} has {done + remaining} optimizer steps on this rank but the "
+                f"epoch {epoch} has {self.progress.total} optimizer steps on this rank but the "
                 f"Trainer was sized for {self.length // self.accumulation}; resume with the same "
                 "per-device batch size, number of processes and dataset"
             )
-        self.progress.start_epoch(epoch, total=done + remaining, done=done)
         self.next_epoch = epoch + 1
         yield from self.loader
 

@@ -2,7 +2,7 @@
 
 A framework sizes a step-based schedule once, from the first epoch's length; InfoBatch's pruned
 epochs are shorter and their lengths are not known in advance, so such a schedule ends early.
-:class:`ProgressLR` evaluates the same schedule at ``progress() * total_steps`` after every
+:class:`ProgressLR` evaluates the same schedule at ``progress() * schedule_steps`` after every
 optimizer step, where ``progress()`` is the fraction of the run's epochs done
 (:class:`EpochProgress`). Without pruning it reproduces the step-based schedule exactly; with
 pruning its last step reaches the schedule's end.
@@ -55,6 +55,15 @@ class EpochProgress:
             raise ValueError(f"Invalid done {done}, done should be in the interval [0, {total}]")
         self.epoch, self.total, self.done = epoch, total, done
 
+    def begin(self, epoch: int, remaining: int) -> None:
+        """An iteration of ``epoch`` with ``remaining`` units starts.
+
+        If this is the epoch recorded here with units done (a mid-epoch checkpoint was loaded
+        into this object), those count too; otherwise the epoch starts from nothing.
+        """
+        done = self.done if epoch == self.epoch and self.done < self.total else 0
+        self.start_epoch(epoch, total=done + remaining, done=done)
+
     def advance(self, units: int = 1) -> None:
         """``units`` more units of the current epoch are done (capped at the epoch's total)."""
         self.done = min(self.done + units, self.total)
@@ -77,10 +86,10 @@ class EpochProgress:
 
 
 class ProgressLR(LRScheduler):
-    """A step-based schedule evaluated at ``progress() * total_steps`` after each step.
+    """A step-based schedule evaluated at ``progress() * schedule_steps`` after each step.
 
     ``lr_lambdas`` are the multiplicative factors of a :class:`~torch.optim.lr_scheduler.LambdaLR`
-    written for ``total_steps`` steps (e.g. the Hugging Face schedules: linear, cosine, with
+    written for ``schedule_steps`` steps (e.g. the Hugging Face schedules: linear, cosine, with
     warmup), one per parameter group or one for all; they are called with a float position.
     ``progress`` returns the fraction of the run done; each :meth:`step` re-evaluates it, so
     the schedule follows the epochs done, not a step count fixed in advance.
@@ -88,8 +97,8 @@ class ProgressLR(LRScheduler):
     Args:
         optimizer (Optimizer): the optimizer whose learning rates to set.
         lr_lambdas (callable or sequence of callables): factor of the initial learning rate at
-            a (float) position in ``[0, total_steps]``.
-        total_steps (int): the length the lambdas were written for (e.g. full-data steps).
+            a (float) position in ``[0, schedule_steps]``.
+        schedule_steps (int): the length the lambdas were written for (e.g. full-data steps).
         progress (callable): returns the fraction of the run done, in ``[0, 1]``.
     """
 
@@ -97,11 +106,13 @@ class ProgressLR(LRScheduler):
         self,
         optimizer: Optimizer,
         lr_lambdas: Union[LrLambda, Sequence[LrLambda]],
-        total_steps: int,
+        schedule_steps: int,
         progress: Callable[[], float],
     ) -> None:
-        if total_steps < 1:
-            raise ValueError(f"Invalid total_steps {total_steps}, total_steps should be >= 1")
+        if schedule_steps < 1:
+            raise ValueError(
+                f"Invalid schedule_steps {schedule_steps}, schedule_steps should be >= 1"
+            )
         groups = len(optimizer.param_groups)
         if callable(lr_lambdas):
             self.lr_lambdas: list[LrLambda] = [lr_lambdas] * groups
@@ -112,13 +123,15 @@ class ProgressLR(LRScheduler):
                     f"got {len(self.lr_lambdas)} lr_lambdas for {groups} parameter groups; give "
                     "one per group or a single one"
                 )
-        self.total_steps = total_steps
+        # Not named ``total_steps``: Accelerate's prepared scheduler treats a scheduler with
+        # that attribute as a OneCycleLR and stops stepping it after that many calls.
+        self.schedule_steps = schedule_steps
         self.progress = progress
         super().__init__(optimizer)
 
     @classmethod
     def from_lambda_lr(
-        cls, scheduler: LambdaLR, total_steps: int, progress: Callable[[], float]
+        cls, scheduler: LambdaLR, schedule_steps: int, progress: Callable[[], float]
     ) -> ProgressLR:
         """Follow the lambdas of an existing ``LambdaLR`` (e.g. from ``get_scheduler``)."""
         if not isinstance(scheduler, LambdaLR):
@@ -126,12 +139,12 @@ class ProgressLR(LRScheduler):
                 f"ProgressLR can follow a LambdaLR (linear, cosine, constant, polynomial... "
                 f"schedules), got {type(scheduler).__name__}"
             )
-        return cls(scheduler.optimizer, scheduler.lr_lambdas, total_steps, progress)
+        return cls(scheduler.optimizer, scheduler.lr_lambdas, schedule_steps, progress)
 
     @property
     def position(self) -> float:
-        """Where in the ``total_steps``-step schedule the run is now."""
-        return self.progress() * self.total_steps
+        """Where in the ``schedule_steps``-step schedule the run is now."""
+        return self.progress() * self.schedule_steps
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         position = self.position

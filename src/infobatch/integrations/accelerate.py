@@ -1,0 +1,158 @@
+"""InfoBatch in a plain Hugging Face Accelerate loop: a loader helper and a checkpoint wrapper.
+
+``accelerator.prepare(loader)`` shards a loader's batches across processes. The InfoBatch
+sampler already gives each rank its own share, so a prepared loader would shard it a second
+time (each rank trains about half of its share, and the losses no longer match the plan).
+:func:`prepare_loader` gives the loader what ``prepare`` gives it without the second shard:
+batches moved to the accelerator's device, and the end of each epoch known to
+``accelerator.accumulate`` (so an epoch's last, shorter accumulation group steps the optimizer
+and no gradient leaks into the next epoch). Usage::
+
+    from infobatch import InfoBatch
+    from infobatch.integrations.accelerate import AllRanksState, prepare_loader
+    from infobatch.integrations.progress import EpochProgress, ProgressLR
+
+    accelerator = Accelerator(gradient_accumulation_steps=4)
+    dataset = InfoBatch(train_set, num_epochs, seed=0)           # after Accelerator(): rank-aware
+    loader = prepare_loader(accelerator, DataLoader(dataset, batch_size=32,
+                                                    sampler=dataset.sampler, collate_fn=...))
+    progress = EpochProgress(num_epochs)
+    scheduler = ProgressLR(optimizer, lambda pos: 1 - pos / total, total, lambda: progress.fraction)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.register_for_checkpointing(AllRanksState(dataset), progress)
+    # accelerator.load_state(path) here to resume
+
+    for epoch in range(dataset.epoch, num_epochs):
+        loader.set_epoch(epoch)                        # Accelerate does not restore its counter
+        progress.begin(epoch, remaining=len(loader))
+        for batch in loader:
+            progress.advance()                         # before the step that trains it
+            with accelerator.accumulate(model):
+                losses = per_sample_loss(model(batch["x"]), batch["y"])   # shape [batch]
+                loss = dataset.update(losses, indices=batch["index"])
+                accelerator.backward(loss)
+                optimizer.step(); scheduler.step(); optimizer.zero_grad()
+
+A schedule driven by :class:`~infobatch.integrations.progress.EpochProgress` also makes the
+prepared scheduler's extra steps harmless (Accelerate steps it once per process unless
+``split_batches``): every step re-evaluates the same position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader
+
+from ..dataset import InfoBatch
+from ..sampler import InfoBatchSampler
+
+try:
+    from accelerate.data_loader import prepare_data_loader
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "infobatch.integrations.accelerate needs accelerate; install it with "
+        'pip install "infobatch[hf]"'
+    ) from error
+
+__all__ = ["AllRanksState", "prepare_loader"]
+
+
+def _infobatch_sampler(loader: DataLoader[Any]) -> InfoBatchSampler:
+    sampler = loader.sampler
+    if isinstance(sampler, BatchSampler):
+        sampler = sampler.sampler
+    batch_sampler = loader.batch_sampler
+    if not isinstance(sampler, InfoBatchSampler) and isinstance(batch_sampler, BatchSampler):
+        sampler = batch_sampler.sampler
+    if not isinstance(sampler, InfoBatchSampler):
+        raise TypeError(
+            f"prepare_loader() expects a DataLoader built with sampler=<InfoBatch>.sampler, got "
+            f"a DataLoader whose sampler is {type(sampler).__name__}; for other loaders use "
+            "accelerator.prepare()"
+        )
+    return sampler
+
+
+def prepare_loader(accelerator: Any, loader: DataLoader[Any]) -> DataLoader[Any]:
+    """Prepare a ``DataLoader`` over an InfoBatch sampler without sharding it again.
+
+    Returns Accelerate's ``DataLoaderShard`` for one process: batches on
+    ``accelerator.device`` (if device placement is on), the epoch's end reported to
+    ``accelerator.accumulate``, and ``set_epoch`` forwarded to the sampler. Call
+    ``loader.set_epoch(epoch)`` before each epoch: Accelerate counts iterations from 0 and
+    does not restore that count on ``load_state``.
+
+    Args:
+        accelerator (accelerate.Accelerator): the run's accelerator.
+        loader (DataLoader): built with ``sampler=<InfoBatch>.sampler`` (any batch size,
+            collate function and workers; ``drop_last`` as given to InfoBatch).
+
+    Raises:
+        TypeError: the loader's sampler is not an InfoBatch sampler.
+        ValueError: the sampler was built for another number of processes or rank, or with
+            another ``drop_last`` than the loader.
+    """
+    sampler = _infobatch_sampler(loader)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if (sampler.num_replicas, sampler.rank) != (world, rank):
+        raise ValueError(
+            f"the InfoBatch sampler was built for rank {sampler.rank} of "
+            f"{sampler.num_replicas} but this process is rank {rank} of {world}; build InfoBatch "
+            "after creating the Accelerator (it reads the process group), or pass "
+            "num_replicas=accelerator.num_processes, rank=accelerator.process_index"
+        )
+    if sampler.drop_last != loader.drop_last:
+        raise ValueError(
+            f"the DataLoader has drop_last={loader.drop_last} but InfoBatch has "
+            f"drop_last={sampler.drop_last}; give both the same value"
+        )
+    prepared: DataLoader[Any] = prepare_data_loader(
+        loader,
+        device=accelerator.device,
+        num_processes=1,  # the sampler has sharded already: one "process" here, no wrapper
+        process_index=0,
+        put_on_device=accelerator.device_placement,
+        rng_types=None,
+        dispatch_batches=False,
+        non_blocking=accelerator.non_blocking,
+    )
+    return prepared
+
+
+class AllRanksState:
+    """Checkpoint InfoBatch with ``accelerator.register_for_checkpointing``, every rank's part.
+
+    ``save_state`` writes only the main process's copy of a registered object. Mid-epoch,
+    each rank's InfoBatch state holds scores the others do not have yet (they are merged at
+    the epoch's end), so this wrapper's :meth:`state_dict` gathers every rank's state (one
+    ``all_gather_object``, mid-epoch only: at an epoch boundary all ranks hold the same table
+    and rank 0's is saved alone). :meth:`load_state_dict` gives each rank its own part, so a
+    run resumed mid-epoch with the same number of processes continues exactly; at a boundary
+    any number of processes can resume.
+
+    Args:
+        dataset (InfoBatch): the wrapped dataset whose sampler state to checkpoint.
+    """
+
+    def __init__(self, dataset: InfoBatch[Any]) -> None:
+        self.dataset = dataset
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"world_size": W, "ranks": [state of rank 0, ...]}`` (one entry at a boundary)."""
+        sampler = self.dataset.sampler
+        state = self.dataset.state_dict()
+        world = sampler.num_replicas
+        if state["plan"] is None or world == 1 or not dist.is_initialized():
+            return {"world_size": world, "ranks": [state]}
+        states: list[Any] = [None] * world
+        dist.all_gather_object(states, state)
+        return {"world_size": world, "ranks": states}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load this rank's part (rank 0's at an epoch boundary or if it is the only one)."""
+        parts = state["ranks"]
+        rank = self.dataset.sampler.rank
+        mine = parts[rank] if len(parts) > 1 and rank < len(parts) else parts[0]
+        self.dataset.load_state_dict(mine)

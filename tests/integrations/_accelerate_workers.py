@@ -1,0 +1,175 @@
+"""Plain Accelerate training loops for the integration tests (in-process or on gloo ranks).
+
+A small MLP on Gaussian blobs, trained with ``prepare_loader``, ``accelerator.accumulate``
+and a progress-driven linear schedule; ``save_state`` after every optimizer step. The record
+holds each epoch's plan (this rank's share), the samples trained and their losses, the
+gradient left at each epoch's end, the learning rate of each step and the final weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from infobatch import EpochPlan, InfoBatch
+from infobatch.integrations.accelerate import AllRanksState, prepare_loader
+from infobatch.integrations.progress import EpochProgress, ProgressLR
+
+from ._common import Record
+
+DEFAULTS: dict[str, Any] = dict(
+    num_samples=50,
+    epochs=4,
+    delta=0.75,
+    batch=4,
+    accumulation=3,
+    lr=0.05,
+    seed=5,
+    save=False,
+    resume_from=None,
+    plain_prepare=False,  # negative control: accelerator.prepare(loader) shards again
+)
+
+
+class Blobs(Dataset[dict[str, Any]]):
+    def __init__(self, size: int) -> None:
+        generator = torch.Generator().manual_seed(3)
+        centres = 2 * torch.randn(3, 6, generator=generator)
+        self.labels = torch.randint(3, (size,), generator=generator)
+        self.features = centres[self.labels] + torch.randn(size, 6, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"x": self.features[index], "y": self.labels[index], "index": index}
+
+
+def plan_hash(plan: EpochPlan) -> str:
+    digest = hashlib.sha256()
+    digest.update(plan.order.cpu().numpy().tobytes())
+    digest.update(plan.status.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
+    from accelerate import Accelerator
+
+    settings = {**DEFAULTS, **config}
+    accumulation = settings["accumulation"]
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
+    epochs = settings["epochs"]
+    dataset: InfoBatch[Any] = InfoBatch(
+        Blobs(settings["num_samples"]), epochs, delta=settings["delta"], seed=settings["seed"]
+    )
+    raw = DataLoader(dataset, batch_size=settings["batch"], sampler=dataset.sampler)
+    loader = (
+        accelerator.prepare(raw) if settings["plain_prepare"] else prepare_loader(accelerator, raw)
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=0.9)
+    share = math.ceil(settings["num_samples"] / accelerator.num_processes)
+    total = epochs * math.ceil(math.ceil(share / settings["batch"]) / accumulation)  # full data
+    progress = EpochProgress(epochs)
+    scheduler = ProgressLR(
+        optimizer, lambda pos: max(0.0, 1 - pos / total), total, lambda: progress.fraction
+    )
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.register_for_checkpointing(AllRanksState(dataset), progress)
+    if settings["resume_from"]:
+        accelerator.load_state(settings["resume_from"])
+
+    record: Record = {
+        "plans": {},
+        "trained": defaultdict(list),
+        "losses": defaultdict(dict),
+        "scores": {},
+        "leftover": {},
+        "steps": defaultdict(int),
+        "learning_rates": [],
+        "checkpoints": {},
+    }
+    global_step = int(settings.get("start_step", 0))
+    for epoch in range(dataset.epoch, epochs):
+        loader.set_epoch(epoch)
+        progress.begin(epoch, remaining=len(loader))
+        for batch in loader:
+            progress.advance()  # before the step: the schedule then sees this batch as done
+            if epoch not in record["plans"]:
+                plan = dataset.sampler.plan
+                assert plan is not None
+                record["plans"][epoch] = {
+                    "share": plan.share(
+                        dataset.sampler.rank, dataset.sampler.num_replicas
+                    ).tolist(),
+                    "hash": plan_hash(plan),
+                    "kept": plan.num_kept,
+                }
+            with accelerator.accumulate(model):
+                losses = F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
+                loss = dataset.update(losses, indices=batch["index"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    record["learning_rates"].append(optimizer.param_groups[0]["lr"])
+                    record["steps"][epoch] += 1
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            record["trained"][epoch].extend(batch["index"].tolist())
+            for index, value in zip(batch["index"].tolist(), losses.detach().tolist()):
+                record["losses"][epoch][index] = value
+            if accelerator.sync_gradients:
+                global_step += 1
+                if settings["save"]:
+                    path = out_dir / f"step-{global_step}"
+                    accelerator.save_state(str(path))
+                    record["checkpoints"][global_step] = str(path)
+        grads = [p.grad.abs().max() for p in model.parameters() if p.grad is not None]
+        record["leftover"][epoch] = float(torch.stack(grads).max()) if grads else 0.0
+        record["scores"][epoch] = dataset.scores.clone()
+    record.update(
+        trained=dict(record["trained"]),
+        losses=dict(record["losses"]),
+        steps=dict(record["steps"]),
+        history=[s.as_dict() for s in dataset.history],
+        final_lr=optimizer.param_groups[0]["lr"],
+        final_scores=dataset.scores.clone(),
+        params={
+            k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
+        },
+        world=accelerator.num_processes,
+    )
+    return record
+
+
+def resume_points(steps: dict[int, int]) -> dict[str, int]:
+    boundary = steps[0] + steps[1]
+    return {"boundary": boundary, "middle": boundary + steps[2] // 2}
+
+
+def run_loop_and_resume(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Uninterrupted run saving every step; runs resumed at epoch 1's end and mid-epoch 2."""
+    full = run_loop(out_dir / "full", {**config, "save": True})
+    points = resume_points(full["steps"])
+    resumed = {
+        name: run_loop(
+            out_dir / name,
+            {**config, "resume_from": full["checkpoints"][step], "start_step": step},
+        )
+        for name, step in points.items()
+    }
+    control = run_loop(out_dir / "control", {**config, "plain_prepare": True, "epochs": 1})
+    return {"full": full, "resumed": resumed, "points": points, "control": control}
+
+
+def leftover_tensor(record: Record) -> Tensor:
+    return torch.tensor(list(record["leftover"].values()))

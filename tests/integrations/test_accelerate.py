@@ -1,0 +1,144 @@
+"""InfoBatch in a plain Accelerate loop (``prepare_loader``), with 1 and 2 gloo processes."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate")
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from infobatch import InfoBatch  # noqa: E402
+
+from ._accelerate_workers import DEFAULTS, Blobs, run_loop_and_resume  # noqa: E402
+from ._common import launch  # noqa: E402
+
+Record = dict[str, Any]
+EPOCHS = DEFAULTS["epochs"]
+
+
+def _equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
+        a.nan_to_num(0.0), b.nan_to_num(0.0)
+    )
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    torch.set_num_threads(1)
+    return [run_loop_and_resume(tmp_path_factory.mktemp("acc1"), {})]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    return launch(2, run_loop_and_resume, tmp_path_factory.mktemp("acc2"), {})
+
+
+@pytest.fixture(params=["one_rank", "two_ranks"])
+def ranks(request: pytest.FixtureRequest) -> list[Record]:
+    result: list[Record] = request.getfixturevalue(request.param)
+    return result
+
+
+def test_accelerate_trains_every_planned_sample_once_per_epoch(ranks: list[Record]) -> None:
+    runs = [r["full"] for r in ranks]
+    world = len(runs)
+    for epoch in range(EPOCHS):
+        assert len({r["plans"][epoch]["hash"] for r in runs}) == 1  # ranks agree on the plan
+        kept = runs[0]["plans"][epoch]["kept"]
+        trained: Counter[int] = Counter()
+        for run in runs:
+            share = run["plans"][epoch]["share"]
+            assert len(share) == math.ceil(kept / world)
+            assert Counter(run["trained"][epoch]) == Counter(share)  # its share, once
+            trained += Counter(share)
+        assert len(trained) == kept  # all kept samples, each on one rank (padding aside)
+        assert sum(trained.values()) - kept < world
+    kept_by_epoch = [h["num_kept"] for h in runs[0]["history"]]
+    n = DEFAULTS["num_samples"]
+    assert kept_by_epoch[0] == kept_by_epoch[-1] == n
+    assert all(k < n for k in kept_by_epoch[1:-1])
+
+
+def test_accelerate_scores_are_the_epochs_losses_on_every_rank(ranks: list[Record]) -> None:
+    runs = [r["full"] for r in ranks]
+    for epoch in range(EPOCHS):
+        scores = runs[0]["scores"][epoch]
+        for run in runs:
+            assert _equal_nan(run["scores"][epoch], scores)
+        for index in range(DEFAULTS["num_samples"]):
+            found = [run["losses"][epoch][index] for run in runs if index in run["losses"][epoch]]
+            if found:  # trained this epoch: its latest loss (the larger one if padded twice)
+                assert scores[index] == torch.tensor(max(found))
+            elif epoch > 0:  # pruned: keeps the previous score
+                assert _equal_nan(scores[index], runs[0]["scores"][epoch - 1][index])
+
+
+def test_accelerate_accumulation_steps_at_every_epoch_end(ranks: list[Record]) -> None:
+    accumulation, batch = DEFAULTS["accumulation"], DEFAULTS["batch"]
+    for rank_result in ranks:
+        run = rank_result["full"]
+        for epoch, plan in run["plans"].items():
+            batches = math.ceil(len(plan["share"]) / batch)
+            assert run["steps"][epoch] == math.ceil(batches / accumulation)
+            assert run["leftover"][epoch] == 0.0
+        # Some epoch ended on a partial group, so the end-of-epoch step was exercised.
+        assert any(math.ceil(len(p["share"]) / batch) % accumulation for p in run["plans"].values())
+
+
+def test_accelerate_progress_schedule_ends_at_zero(ranks: list[Record]) -> None:
+    runs = [r["full"] for r in ranks]
+    for run in runs:
+        assert run["final_lr"] == 0.0
+        rates = run["learning_rates"]
+        assert rates == sorted(rates, reverse=True) and rates[0] == DEFAULTS["lr"]
+        assert run["learning_rates"] == runs[0]["learning_rates"]
+
+
+@pytest.mark.parametrize("point", ["boundary", "middle"])
+def test_accelerate_resume_reproduces_the_uninterrupted_run(
+    ranks: list[Record], point: str
+) -> None:
+    for rank_result in ranks:
+        full, resumed = rank_result["full"], rank_result["resumed"][point]
+        first = min(resumed["plans"])
+        assert first == 2
+        for epoch in range(first, EPOCHS):
+            assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"]
+            done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
+            assert resumed["trained"][epoch] == full["trained"][epoch][done:]
+            assert (done > 0) == (point == "middle" and epoch == first)
+        count = len(resumed["learning_rates"])
+        assert resumed["learning_rates"] == full["learning_rates"][-count:]
+        assert _equal_nan(resumed["final_scores"], full["final_scores"])
+        for name, value in full["params"].items():
+            assert torch.equal(resumed["params"][name], value), name
+
+
+def test_accelerate_plain_prepare_shards_a_second_time(two_ranks: list[Record]) -> None:
+    """Negative control: ``accelerator.prepare(loader)`` trains only part of each share."""
+    for rank_result in two_ranks:
+        control = rank_result["control"]
+        share = control["plans"][0]["share"]
+        assert len(control["trained"][0]) < len(share)
+
+
+def test_prepare_loader_rejects_other_loaders() -> None:
+    from accelerate import Accelerator
+
+    from infobatch.integrations.accelerate import prepare_loader
+
+    accelerator = Accelerator(cpu=True)
+    with pytest.raises(TypeError, match="sampler=<InfoBatch>.sampler"):
+        prepare_loader(accelerator, DataLoader(Blobs(10), batch_size=2))
+    dataset: InfoBatch[Any] = InfoBatch(Blobs(10), 2, num_replicas=2, rank=1)
+    with pytest.raises(ValueError, match="rank 1 of 2"):
+        prepare_loader(accelerator, DataLoader(dataset, sampler=dataset.sampler))
+    dataset = InfoBatch(Blobs(10), 2, drop_last=True)
+    with pytest.raises(ValueError, match="drop_last"):
+        prepare_loader(accelerator, DataLoader(dataset, sampler=dataset.sampler))
