@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -95,11 +97,13 @@ def test_an_unplanned_epoch_boundary_plans_the_saved_epoch() -> None:
 
 
 # ---------------------------------------------------------------------- through the sampler
-def train_epoch(sampler: InfoBatchSampler, stop_after: int | None = None) -> list[int]:
-    """Iterate once, updating every batch of 4 (or breaking off after ``stop_after``)."""
+def train_epoch(
+    sampler: InfoBatchSampler, stop_after: int | None = None, iterator: Iterator[int] | None = None
+) -> list[int]:
+    """Iterate once (or go on with ``iterator``), updating every batch of 4."""
     seen: list[int] = []
     batch: list[int] = []
-    for index in sampler:
+    for index in iterator if iterator is not None else sampler:
         batch.append(index)
         if len(batch) == 4:
             sampler.update(torch.tensor(batch, dtype=torch.float32) + 1)
@@ -147,3 +151,49 @@ def test_break_then_iterate_trains_the_next_epoch_and_len_sees_it() -> None:
         announced = len(sampler)  # so this is epoch 2's length
     assert sampler.epoch == 2
     assert len(train_epoch(sampler)) == announced
+
+
+# ---------------------------------------------------------------------- resume at each state
+def drive(sampler: InfoBatchSampler, state: str) -> Iterator[int] | None:
+    """Bring a fresh sampler to one lifecycle state; return the live iteration, if any."""
+    if state == "unplanned":
+        return None
+    train_epoch(sampler)  # epoch 0 complete
+    if state == "complete":
+        return None
+    len(sampler)  # epoch 1 planned
+    if state == "ready":
+        return None
+    iterator = iter(sampler)
+    batch = torch.tensor([next(iterator) for _ in range(4)])
+    sampler.update(batch.float() + 1)
+    if state == "training":
+        return iterator
+    sampler.set_epoch(1)  # "restarted": epoch 1's plan again, scores changed since planning
+    assert state == "restarted"
+    return None
+
+
+def rest_of_run(sampler: InfoBatchSampler, iterator: Iterator[int] | None) -> list[int]:
+    """Everything the run trains from here to the end of epoch 3, in order."""
+    seen = train_epoch(sampler, iterator=iterator) if iterator is not None else []
+    while sampler.epoch < 3 or sampler.phase is not Phase.COMPLETE:
+        seen += train_epoch(sampler)
+    return seen
+
+
+@pytest.mark.parametrize("state", ["unplanned", "ready", "training", "complete", "restarted"])
+def test_a_checkpoint_taken_in_any_state_resumes_exactly(state: str) -> None:
+    straight = InfoBatchSampler(30, num_epochs=5, seed=4)
+    live = drive(straight, state)
+    saved = straight.state_dict()
+    resumed = InfoBatchSampler(30, num_epochs=5, seed=4)
+    resumed.load_state_dict(saved)
+    assert resumed.epoch == straight.epoch + (state == "complete")
+    expected = rest_of_run(straight, live)  # the uninterrupted run goes on with its loop
+    assert rest_of_run(resumed, None) == expected
+    assert torch.equal(resumed.scores.nan_to_num(-1), straight.scores.nan_to_num(-1))
+    if state in ("training", "restarted"):
+        assert saved["plan"] is not None  # rebuilding the plan from the scores would differ
+    else:
+        assert saved["plan"] is None
