@@ -43,10 +43,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch.distributed as dist
-from torch.utils.data import BatchSampler, DataLoader
+from torch.utils.data import DataLoader
 
 from ..dataset import InfoBatch
-from ..sampler import InfoBatchSampler
+from ._loader import infobatch_sampler_of
 
 try:
     from accelerate.data_loader import prepare_data_loader
@@ -57,22 +57,6 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 __all__ = ["AllRanksState", "prepare_loader"]
-
-
-def _infobatch_sampler(loader: DataLoader[Any]) -> InfoBatchSampler:
-    sampler = loader.sampler
-    if isinstance(sampler, BatchSampler):
-        sampler = sampler.sampler
-    batch_sampler = loader.batch_sampler
-    if not isinstance(sampler, InfoBatchSampler) and isinstance(batch_sampler, BatchSampler):
-        sampler = batch_sampler.sampler
-    if not isinstance(sampler, InfoBatchSampler):
-        raise TypeError(
-            f"prepare_loader() expects a DataLoader built with sampler=<InfoBatch>.sampler, got "
-            f"a DataLoader whose sampler is {type(sampler).__name__}; for other loaders use "
-            "accelerator.prepare()"
-        )
-    return sampler
 
 
 def prepare_loader(accelerator: Any, loader: DataLoader[Any]) -> DataLoader[Any]:
@@ -94,7 +78,7 @@ def prepare_loader(accelerator: Any, loader: DataLoader[Any]) -> DataLoader[Any]
         ValueError: the sampler was built for another number of processes or rank, or with
             another ``drop_last`` than the loader.
     """
-    sampler = _infobatch_sampler(loader)
+    sampler = infobatch_sampler_of(loader, "prepare_loader()")
     world, rank = accelerator.num_processes, accelerator.process_index
     if (sampler.num_replicas, sampler.rank) != (world, rank):
         raise ValueError(

@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-__all__ = ["EpochProgress", "ProgressLR"]
+__all__ = ["EpochProgress", "ProgressLR", "full_data_steps"]
 
 LrLambda = Callable[..., float]
 
@@ -167,6 +167,26 @@ class ProgressLR(LRScheduler):
         )
 
 
-def steps_for(batches: int, accumulation: int) -> int:
-    """Optimizer steps for ``batches`` micro-batches with ``accumulation`` per step."""
-    return math.ceil(batches / accumulation)
+def full_data_steps(
+    num_samples: int,
+    batch_size: int,
+    num_epochs: int,
+    *,
+    world_size: int = 1,
+    accumulation: int = 1,
+    drop_last: bool = False,
+) -> int:
+    """Optimizer steps of full-data training: the length to write a schedule for.
+
+    Each rank gets ``ceil(num_samples / world_size)`` samples per epoch (InfoBatch pads the
+    shares as ``DistributedSampler`` does), in ``batch_size`` batches (the last one dropped if
+    partial and ``drop_last``), stepped every ``accumulation`` batches (and at the epoch's end).
+
+    Example::
+
+        >>> full_data_steps(1000, 32, 10, world_size=2, accumulation=4)
+        40
+    """
+    share = math.ceil(num_samples / world_size)
+    batches = share // batch_size if drop_last else math.ceil(share / batch_size)
+    return num_epochs * math.ceil(batches / accumulation)

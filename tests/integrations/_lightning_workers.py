@@ -1,0 +1,178 @@
+"""Lightning runs for the integration tests (in-process or on gloo ranks).
+
+A small MLP on Gaussian blobs (``_accelerate_workers.Blobs``) trained by a LightningModule that
+builds InfoBatch in ``setup()``, wraps its loader with ``InfoBatchCallback.loader`` and uses the
+callback's progress-driven schedule; a checkpoint after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from infobatch import InfoBatch
+from infobatch.integrations.lightning import InfoBatchCallback
+from infobatch.integrations.progress import full_data_steps
+
+from ._accelerate_workers import Blobs, plan_hash
+from ._common import Record
+
+DEFAULTS: dict[str, Any] = dict(
+    num_samples=50,
+    epochs=4,
+    delta=0.75,
+    batch=4,
+    accumulation=3,
+    lr=0.05,
+    seed=5,
+    save=False,
+    resume_from=None,
+    reload=1,
+)
+
+
+def _module_class() -> Any:
+    import lightning as L
+
+    class Module(L.LightningModule):  # type: ignore[misc]
+        def __init__(self, settings: dict[str, Any]) -> None:
+            super().__init__()
+            self.settings = settings
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+            self.record: Record = {
+                "plans": {},
+                "trained": defaultdict(list),
+                "losses": defaultdict(dict),
+                "scores": {},
+                "steps": defaultdict(int),
+                "learning_rates": [],
+            }
+
+        def setup(self, stage: str) -> None:
+            s = self.settings
+            self.infobatch = InfoBatch(
+                Blobs(s["num_samples"]), s["epochs"], delta=s["delta"], seed=s["seed"]
+            )
+
+        def train_dataloader(self) -> Any:
+            loader = DataLoader(
+                self.infobatch, batch_size=self.settings["batch"], sampler=self.infobatch.sampler
+            )
+            return InfoBatchCallback.find(self.trainer).loader(loader)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            sampler = self.infobatch.sampler
+            epoch = sampler.epoch
+            if epoch not in self.record["plans"]:
+                plan = sampler.plan
+                assert plan is not None
+                self.record["plans"][epoch] = {
+                    "share": plan.share(sampler.rank, sampler.num_replicas).tolist(),
+                    "hash": plan_hash(plan),
+                    "kept": plan.num_kept,
+                }
+            losses = F.cross_entropy(self.net(batch["x"]), batch["y"], reduction="none")
+            self.record["trained"][epoch].extend(batch["index"].tolist())
+            for index, value in zip(batch["index"].tolist(), losses.detach().tolist()):
+                self.record["losses"][epoch][index] = value
+            return self.infobatch.update(losses, indices=batch["index"])
+
+        def on_before_optimizer_step(self, optimizer: Any) -> None:
+            self.record["steps"][self.infobatch.epoch] += 1
+            self.record["learning_rates"].append(optimizer.param_groups[0]["lr"])
+
+        def on_train_epoch_end(self) -> None:
+            self.record["scores"][self.infobatch.epoch] = self.infobatch.scores.clone()
+
+        def configure_optimizers(self) -> Any:
+            s = self.settings
+            optimizer = torch.optim.SGD(self.parameters(), lr=s["lr"], momentum=0.9)
+            steps = full_data_steps(
+                s["num_samples"],
+                s["batch"],
+                s["epochs"],
+                world_size=self.trainer.world_size,
+                accumulation=self.trainer.accumulate_grad_batches,
+            )
+            scheduler = InfoBatchCallback.find(self.trainer).scheduler(
+                optimizer, lambda pos: max(0.0, 1 - pos / steps), steps
+            )
+            return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    return Module
+
+
+def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    settings = {**DEFAULTS, **config}
+    # Not os.environ["WORLD_SIZE"]: Lightning's DDP teardown removes it after a fit.
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    callbacks: list[Any] = [InfoBatchCallback()]
+    if settings["save"]:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(out_dir / "ckpt"),
+                filename="{step}",
+                every_n_train_steps=1,
+                save_top_k=-1,
+            )
+        )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=world,
+        strategy="ddp" if world > 1 else "auto",
+        max_epochs=settings["epochs"],
+        accumulate_grad_batches=settings["accumulation"],
+        reload_dataloaders_every_n_epochs=settings["reload"],
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=settings["save"],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    module = _module_class()(settings)
+    trainer.fit(module, ckpt_path=settings["resume_from"])
+    record = module.record
+    optimizer = trainer.optimizers[0]
+    return {
+        **record,
+        "trained": dict(record["trained"]),
+        "losses": dict(record["losses"]),
+        "steps": dict(record["steps"]),
+        "history": [s.as_dict() for s in module.infobatch.history],
+        "final_lr": optimizer.param_groups[0]["lr"],
+        "final_scores": module.infobatch.scores.clone(),
+        "params": {k: v.detach().clone() for k, v in module.net.state_dict().items()},
+        "global_step": trainer.global_step,
+        "world": world,
+    }
+
+
+def resume_points(steps: dict[int, int]) -> dict[str, int]:
+    boundary = steps[0] + steps[1]
+    return {"boundary": boundary, "middle": boundary + math.ceil(steps[2] / 2)}
+
+
+def run_lightning_and_resume(out_dir: Path, config: dict[str, Any]) -> Record:
+    full = run_lightning(out_dir / "full", {**config, "save": True})
+    points = resume_points(full["steps"])
+    resumed = {
+        name: run_lightning(
+            out_dir / name,
+            {**config, "resume_from": str(out_dir / "full" / "ckpt" / f"step={step}.ckpt")},
+        )
+        for name, step in points.items()
+    }
+    return {"full": full, "resumed": resumed, "points": points}

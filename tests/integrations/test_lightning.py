@@ -1,0 +1,117 @@
+"""InfoBatchCallback (Lightning) with 1 process and 2 gloo processes under strategy="ddp"."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from infobatch import InfoBatchError  # noqa: E402
+
+from ._common import launch  # noqa: E402
+from ._lightning_workers import DEFAULTS, run_lightning, run_lightning_and_resume  # noqa: E402
+
+Record = dict[str, Any]
+EPOCHS = DEFAULTS["epochs"]
+
+
+def _equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
+        a.nan_to_num(0.0), b.nan_to_num(0.0)
+    )
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    torch.set_num_threads(1)
+    return [run_lightning_and_resume(tmp_path_factory.mktemp("pl1"), {})]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    return launch(2, run_lightning_and_resume, tmp_path_factory.mktemp("pl2"), {})
+
+
+@pytest.fixture(params=["one_rank", "two_ranks"])
+def ranks(request: pytest.FixtureRequest) -> list[Record]:
+    result: list[Record] = request.getfixturevalue(request.param)
+    return result
+
+
+def test_lightning_trains_every_planned_sample_once_per_epoch(ranks: list[Record]) -> None:
+    runs = [r["full"] for r in ranks]
+    world = len(runs)
+    assert [r["world"] for r in runs] == [world] * world
+    for epoch in range(EPOCHS):
+        assert len({r["plans"][epoch]["hash"] for r in runs}) == 1
+        kept = runs[0]["plans"][epoch]["kept"]
+        trained: Counter[int] = Counter()
+        for run in runs:
+            share = run["plans"][epoch]["share"]
+            assert len(share) == math.ceil(kept / world)
+            assert Counter(run["trained"][epoch]) == Counter(share)
+            trained += Counter(share)
+        assert len(trained) == kept
+    kept_by_epoch = [h["num_kept"] for h in runs[0]["history"]]
+    n = DEFAULTS["num_samples"]
+    assert kept_by_epoch[0] == kept_by_epoch[-1] == n
+    assert all(k < n for k in kept_by_epoch[1:-1])
+
+
+def test_lightning_scores_are_the_epochs_losses_on_every_rank(ranks: list[Record]) -> None:
+    runs = [r["full"] for r in ranks]
+    for epoch in range(EPOCHS):
+        scores = runs[0]["scores"][epoch]
+        for run in runs:
+            assert _equal_nan(run["scores"][epoch], scores)
+        for index in range(DEFAULTS["num_samples"]):
+            found = [run["losses"][epoch][index] for run in runs if index in run["losses"][epoch]]
+            if found:
+                assert scores[index] == torch.tensor(max(found))
+            elif epoch > 0:
+                assert _equal_nan(scores[index], runs[0]["scores"][epoch - 1][index])
+
+
+def test_lightning_steps_at_every_epoch_end_and_schedule_ends_at_zero(
+    ranks: list[Record],
+) -> None:
+    accumulation, batch = DEFAULTS["accumulation"], DEFAULTS["batch"]
+    runs = [r["full"] for r in ranks]
+    for run in runs:
+        for epoch, plan in run["plans"].items():
+            batches = math.ceil(len(plan["share"]) / batch)
+            assert run["steps"][epoch] == math.ceil(batches / accumulation)
+        assert run["final_lr"] == 0.0
+        rates = run["learning_rates"]
+        assert rates == sorted(rates, reverse=True) and rates[0] == DEFAULTS["lr"]
+        assert rates == runs[0]["learning_rates"]
+
+
+@pytest.mark.parametrize("point", ["boundary", "middle"])
+def test_lightning_resume_reproduces_the_uninterrupted_run(ranks: list[Record], point: str) -> None:
+    for rank_result in ranks:
+        full, resumed = rank_result["full"], rank_result["resumed"][point]
+        first = min(resumed["plans"])
+        assert first == 2
+        for epoch in range(first, EPOCHS):
+            assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"]
+            done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
+            assert resumed["trained"][epoch] == full["trained"][epoch][done:]
+            assert (done > 0) == (point == "middle" and epoch == first)
+        count = len(resumed["learning_rates"])
+        assert resumed["learning_rates"] == full["learning_rates"][-count:]
+        assert resumed["global_step"] == full["global_step"]
+        assert _equal_nan(resumed["final_scores"], full["final_scores"])
+        for name, value in full["params"].items():
+            assert torch.equal(resumed["params"][name], value), name
+
+
+def test_lightning_callback_requires_reloading_loaders(tmp_path: Path) -> None:
+    with pytest.raises(InfoBatchError, match="reload_dataloaders_every_n_epochs=1"):
+        run_lightning(tmp_path, {"reload": 0})
