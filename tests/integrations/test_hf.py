@@ -8,7 +8,6 @@ learning rate and resumed runs.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -45,9 +44,14 @@ def causal(tmp_path_factory: pytest.TempPathFactory) -> Record:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+def two_ranks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hf2")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(two_ranks_dir: Path) -> list[Record]:
     """Two gloo ranks: the same uninterrupted and resumed runs, on each rank."""
-    return launch(2, run_trainer_and_resume, tmp_path_factory.mktemp("hf2"), {})
+    return launch(2, run_trainer_and_resume, two_ranks_dir, {})
 
 
 def _equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -268,13 +272,27 @@ def test_two_ranks_resume_reproduces_the_uninterrupted_run(
 
 
 def test_two_ranks_write_one_state_file_per_rank(
-    two_ranks: list[Record], tmp_path_factory: pytest.TempPathFactory
+    two_ranks: list[Record], two_ranks_dir: Path
 ) -> None:
-    del two_ranks
-    root = Path(str(tmp_path_factory.getbasetemp()))
-    folders = list(root.glob("hf2*/full/run/checkpoint-*"))
-    assert folders
+    folders = list(two_ranks_dir.glob("full/run/checkpoint-*"))
+    assert len(folders) == two_ranks[0]["full"]["global_step"]  # one per step
     for folder in folders:
         names = sorted(p.name for p in folder.iterdir() if p.name.startswith("infobatch_"))
         assert names == [STATE_FILE.format(rank=0), STATE_FILE.format(rank=1)], folder
-    assert os.path.isdir(folders[0])
+
+
+def test_two_rank_boundary_checkpoint_resumes_on_one_process(
+    two_ranks: list[Record], two_ranks_dir: Path, tmp_path: Path
+) -> None:
+    """At an epoch boundary the scores are merged: any number of processes can resume."""
+    full = two_ranks[0]["full"]
+    step = two_ranks[0]["points"]["boundary"]
+    checkpoint = two_ranks_dir / "full" / "run" / f"checkpoint-{step}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resumed = run_trainer(tmp_path, {"resume_from": str(checkpoint)})
+    assert min(resumed["plans"]) == 2
+    for epoch in (2, 3):
+        assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"]
+        assert Counter(resumed["trained"][epoch]) == Counter(resumed["plans"][epoch]["share"])
+    assert resumed["final_lr"] == 0.0

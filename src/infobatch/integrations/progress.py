@@ -153,18 +153,17 @@ class ProgressLR(LRScheduler):
         ]
 
     def state_dict(self) -> dict[str, Any]:
-        """The scheduler's counters (the lambdas and the progress source are code, not state)."""
-        return {
-            key: value
-            for key, value in self.__dict__.items()
-            if key not in ("optimizer", "lr_lambdas", "progress")
-        }
+        """The scheduler's counters (the lambdas, the progress source and the schedule's length
+        belong to the code that builds it, not to the state)."""
+        return {key: value for key, value in self.__dict__.items() if key not in _NOT_STATE}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output."""
-        self.__dict__.update(
-            {k: v for k, v in state_dict.items() if k not in ("lr_lambdas", "progress")}
-        )
+        """Restore :meth:`state_dict` output (a resumed run may have another ``schedule_steps``,
+        e.g. with another number of processes: the position follows the fraction done)."""
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in _NOT_STATE})
+
+
+_NOT_STATE = ("optimizer", "lr_lambdas", "progress", "schedule_steps")
 
 
 def full_data_steps(
