@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,18 +12,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from ._common import tiny_gpt2_config  # noqa: E402
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from ._common import launch, tiny_gpt2_config  # noqa: E402
+from ._example_workers import load_example as _load  # noqa: E402
+from ._example_workers import run_cifar  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +101,24 @@ def test_instruction_tuning_masks_the_prompt(tiny_model_dir: Path) -> None:
     assert item["input_ids"][-len(answer) :].tolist() == answer
     prompt_length = len(item["input_ids"]) - len(answer)
     assert (item["labels"][:prompt_length] == -100).all()
+
+
+def test_cifar_example_smoke_one_process(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    pruned = run_cifar(tmp_path, {"argv": ["--checkpoint", str(tmp_path / "ib.pt")]})
+    full = run_cifar(tmp_path, {"argv": ["--mode", "full"]})
+    assert full["kept_per_epoch"] == [256, 256, 256] and full["saved_fraction"] == 0
+    kept = pruned["kept_per_epoch"]
+    assert kept[0] == kept[2] == 256 and kept[1] < 256
+    assert pruned["optimizer_steps"] < full["optimizer_steps"]
+    for summary in (pruned, full):  # OneCycle reached its end although epochs shrank
+        assert summary["last_step_lr"] == pytest.approx(0.05 / 25 / 1e4, rel=1e-6)
+    assert (tmp_path / "ib.pt").exists()
+
+
+def test_cifar_example_smoke_two_processes(tmp_path: Path) -> None:
+    ranks = launch(2, run_cifar, tmp_path, {})
+    assert ranks[0]["test_accuracy"] == ranks[1]["test_accuracy"]  # one model (DDP)
+    assert ranks[0]["kept_per_epoch"] == ranks[1]["kept_per_epoch"]
+    assert ranks[0]["kept_per_epoch"][1] < 256
+    assert ranks[0]["last_step_lr"] == pytest.approx(0.05 / 25 / 1e4, rel=1e-6)
