@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = dict(
     workers=0,
     bf16=False,
     stop_after_steps=None,
+    evaluate=False,
 )
 
 
@@ -184,11 +185,14 @@ def build_trainer(out_dir: Path, config: dict[str, Any]) -> tuple[RecordingTrain
         dataloader_num_workers=settings["workers"],
         bf16=settings["bf16"],
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        eval_strategy="epoch" if settings["evaluate"] else "no",
+        per_device_eval_batch_size=8,
     )
     trainer = RecordingTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=dataset if settings["evaluate"] else None,
         data_collator=collate,
         prune_ratio=settings["prune_ratio"],
         delta=settings["delta"],
@@ -224,6 +228,7 @@ def run_trainer(out_dir: Path, config: dict[str, Any]) -> Record:
         "final_scores": trainer.infobatch.scores.clone(),
         "params": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
         "world": trainer.args.world_size,
+        "eval_losses": [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e],
         "rank": trainer.args.process_index,
     }
 

@@ -203,8 +203,9 @@ def test_trainer_sequence_classification(tmp_path: Path) -> None:
         {"drop_last": True, "batch": 7},
         {"workers": 2},
         {"bf16": True},
+        {"evaluate": True},  # evaluation each epoch uses the model's own loss, changes nothing
     ],
-    ids=["datasets", "keep-columns", "drop-last", "workers", "bf16"],
+    ids=["datasets", "keep-columns", "drop-last", "workers", "bf16", "evaluate"],
 )
 def test_trainer_variants_train_each_planned_sample_once(
     tmp_path: Path, settings: dict[str, Any]
@@ -223,6 +224,8 @@ def test_trainer_variants_train_each_planned_sample_once(
         assert run["leftover"][epoch] == 0.0
     assert run["final_lr"] == 0.0
     assert torch.isfinite(run["final_scores"][~torch.isnan(run["final_scores"])]).all()
+    if settings.get("evaluate"):
+        assert len(run["eval_losses"]) == 3
 
 
 # ---------------------------------------------------------------------- two processes
