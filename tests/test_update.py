@@ -201,3 +201,22 @@ def test_skipped_updates_are_reported_when_the_next_epoch_starts() -> None:
     sampler.update(torch.rand(4))
     with pytest.warns(UserWarning, match="6 of the 10 samples planned for epoch 0"):
         iter(sampler)
+
+
+def test_invalid_samples_get_no_score_weight_zero_and_no_warning() -> None:
+    sampler, indices_of_epoch = scored_sampler()
+    batch = take(indices_of_epoch, 4)
+    before = sampler.scores[batch].clone()
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    valid = torch.tensor([True, False, True, False])
+    result = sampler.update(loss, valid=valid)
+    weights = sampler.plan.weights_of(batch) * valid  # type: ignore[union-attr]
+    assert torch.allclose(result, (weights * loss).sum() / 4)
+    assert sampler.scores[batch].tolist() == [1.0, before[1].item(), 3.0, before[3].item()]
+    assert (sampler.position, sampler.epoch_length) == (4, len(sampler))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler.state_dict()  # closes the books: nothing non-finite to report
+    assert sampler.nonfinite_count == 0
+    with pytest.raises(TypeError, match="valid must be a bool tensor shaped like loss"):
+        sampler.update(torch.rand(4), valid=torch.ones(4))

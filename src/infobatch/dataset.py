@@ -96,10 +96,15 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         return self._sampler
 
     def update(
-        self, loss: Tensor, *, indices: IndexLike | None = None, score: Tensor | None = None
+        self,
+        loss: Tensor,
+        *,
+        indices: IndexLike | None = None,
+        score: Tensor | None = None,
+        valid: Tensor | None = None,
     ) -> Tensor:
         """Record per-sample losses, return the weighted mean (:meth:`InfoBatchSampler.update`)."""
-        return self._sampler.update(loss, indices=indices, score=score)
+        return self._sampler.update(loss, indices=indices, score=score, valid=valid)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration train ``epoch`` (:meth:`InfoBatchSampler.set_epoch`)."""

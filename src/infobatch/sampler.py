@@ -228,6 +228,16 @@ class InfoBatchSampler(Sampler[int]):
         return self._life.phase
 
     @property
+    def position(self) -> int:
+        """Losses received so far in the current epoch on this rank (its plan position)."""
+        return self._life.consumed
+
+    @property
+    def epoch_length(self) -> int:
+        """Indices planned for this rank in the current epoch (0 before the first plan)."""
+        return self._life.length
+
+    @property
     def num_epochs(self) -> int:
         """Total training epochs."""
         return self.schedule.num_epochs
@@ -451,7 +461,12 @@ class InfoBatchSampler(Sampler[int]):
 
     # ------------------------------------------------------------------ losses in
     def update(
-        self, loss: Tensor, *, indices: IndexLike | None = None, score: Tensor | None = None
+        self,
+        loss: Tensor,
+        *,
+        indices: IndexLike | None = None,
+        score: Tensor | None = None,
+        valid: Tensor | None = None,
     ) -> Tensor:
         """Record a batch's per-sample losses as scores; return the weighted mean to minimise.
 
@@ -468,6 +483,9 @@ class InfoBatchSampler(Sampler[int]):
                 ``batch_size`` positions of this epoch's plan.
             score (Tensor, optional): per-sample scores to record instead of ``loss`` (e.g. one
                 term of a multi-term loss), same shape as ``loss``.
+            valid (Tensor, optional): bool per sample; ``False`` records no score for that
+                sample (it keeps its previous one, silently) and gives its loss weight 0 (e.g.
+                a sequence with no target token). The mean still divides by the batch size.
         """
         batch = _check_per_sample("loss", loss)
         if score is not None:
@@ -477,6 +495,13 @@ class InfoBatchSampler(Sampler[int]):
                     f"score has shape {tuple(score.shape)} but loss has {tuple(loss.shape)}; "
                     "give one score per sample"
                 )
+        if valid is not None and (
+            not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.shape != loss.shape
+        ):
+            shown = getattr(valid, "dtype", type(valid).__name__)
+            raise TypeError(
+                f"valid must be a bool tensor shaped like loss {tuple(loss.shape)}, got {shown}"
+            )
         life, plan = self._life, self._plan
         if plan is None or not life.pass_open:
             raise InfoBatchError(
@@ -518,7 +543,9 @@ class InfoBatchSampler(Sampler[int]):
         upweighted = plan.status.index_select(0, batch_indices) == UPWEIGHTED
         weights = torch.full(upweighted.shape, plan.weight, dtype=accumulate, device=loss.device)
         weights.masked_fill_(~upweighted, 1.0)
-        self._scores.record(batch_indices, score if score is not None else loss)
+        if valid is not None:
+            weights.masked_fill_(~valid.to(weights.device), 0.0)
+        self._scores.record(batch_indices, score if score is not None else loss, valid)
         self._plan_fresh = False
         weighted = (loss.to(accumulate) * weights).sum() / batch
         if self._batches.ends_epoch(end, life.length):

@@ -30,6 +30,7 @@ class ScoreTable:
         self.values = torch.full((num_samples,), float("nan"), dtype=torch.float32)
         self._finite = torch.zeros((), dtype=torch.int64)  # finite scores received (on device)
         self._saturated = torch.zeros((), dtype=torch.int64)  # float64 scores beyond float32
+        self._invalid = torch.zeros((), dtype=torch.int64)  # entries marked not valid
         self._received = 0  # scores received, finite or not
         self._pending: tuple[Tensor, PendingReduce] | None = None  # a merge under way
         self._updated: Tensor | None = (
@@ -46,11 +47,14 @@ class ScoreTable:
         self.values = self.values.to(device)
         self._finite = self._finite.to(device)
         self._saturated = self._saturated.to(device)
+        self._invalid = self._invalid.to(device)
         if self._updated is not None:
             self._updated = self._updated.to(device)
 
-    def record(self, indices: Tensor, scores: Tensor) -> None:
+    def record(self, indices: Tensor, scores: Tensor, valid: Tensor | None = None) -> None:
         """Store ``scores`` (any float dtype) for ``indices``; non-finite scores are skipped.
+
+        Entries where ``valid`` (bool, optional) is ``False`` are not recorded and not counted.
 
         Finite scores beyond float32's range (possible in float64) are stored as the largest
         float32 of their sign and counted (:meth:`pop_counts`), never dropped silently.
@@ -59,6 +63,10 @@ class ScoreTable:
         if scores.device != self.device:
             scores = scores.to(self.device)
         finite = torch.isfinite(scores)
+        if valid is not None:
+            valid = valid.to(self.device)
+            self._invalid.add_(torch.count_nonzero(~valid))
+            finite &= valid
         if scores.dtype == torch.float64:
             big = finite & (scores.abs() > _FLOAT32_MAX)
             self._saturated.add_(torch.count_nonzero(big))
@@ -81,10 +89,11 @@ class ScoreTable:
 
         One host-device synchronisation; call it once per epoch.
         """
-        finite, saturated = (int(v) for v in torch.stack([self._finite, self._saturated]).tolist())
-        nonfinite = self._received - finite
-        self._finite.zero_()
-        self._saturated.zero_()
+        counters = torch.stack([self._finite, self._saturated, self._invalid])
+        finite, saturated, invalid = (int(v) for v in counters.tolist())
+        nonfinite = self._received - finite - invalid
+        for counter in (self._finite, self._saturated, self._invalid):
+            counter.zero_()
         self._received = 0
         return nonfinite, saturated
 
