@@ -3,12 +3,13 @@
 from .dataset import InfoBatch
 from .distributed import Collectives, PendingReduce, TorchCollectives
 from .errors import InfoBatchError
+from .iterations import iterations
 from .lifecycle import EpochLifecycle, Phase
 from .plan import EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import KeepAll, PruningRule, Selection, SoftPruning
 from .sampler import STATE_VERSION, InfoBatchSampler
-from .schedule import AnnealingSchedule
+from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable
 from .stats import EpochStats
 
@@ -23,6 +24,7 @@ __all__ = [
     "InfoBatch",
     "InfoBatchError",
     "InfoBatchSampler",
+    "IterationSchedule",
     "KeepAll",
     "PendingReduce",
     "Phase",
@@ -34,5 +36,6 @@ __all__ = [
     "TorchCollectives",
     "build_plan",
     "epoch_generator",
+    "iterations",
     "__version__",
 ]

@@ -29,7 +29,7 @@ from .lifecycle import EpochLifecycle, Phase
 from .plan import UPWEIGHTED, EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
-from .schedule import AnnealingSchedule
+from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable
 from .stats import EpochStats, saved_fraction
 
@@ -99,7 +99,8 @@ class InfoBatchSampler(Sampler[int]):
 
     Args:
         num_samples (int): dataset size, at least 1.
-        num_epochs (int): total training epochs, at least 1 (sets the annealing boundary).
+        num_epochs (int): total training epochs, at least 1 (sets the annealing boundary);
+            ``None`` with ``num_iterations`` for iteration-based training.
         prune_ratio (float, optional): probability of dropping a well-learned sample, in
             ``[0, 1)``. Default: ``0.5``.
         delta (float, optional): fraction of epochs that are pruned, in ``[0, 1]``.
@@ -119,6 +120,10 @@ class InfoBatchSampler(Sampler[int]):
         collectives (Collectives, optional): cross-rank operations; by default a
             :class:`TorchCollectives` when a process group with ``num_replicas`` ranks is
             initialised. Pass a fake to test several ranks in one process.
+        num_iterations (int, optional): iteration-based training instead of epochs: the run
+            trains this many batches per rank, passes over the pruned data back to back (see
+            :func:`infobatch.iterations`), and a pass is pruned only if it starts before
+            ``delta * num_iterations`` iterations. Give it with ``num_epochs=None``.
 
     .. warning::
         Call :meth:`update` exactly once per batch, in the order the loader yields batches
@@ -140,10 +145,11 @@ class InfoBatchSampler(Sampler[int]):
     def __init__(
         self,
         num_samples: int,
-        num_epochs: int,
+        num_epochs: int | None,
         prune_ratio: float = 0.5,
         delta: float = 0.875,
         *,
+        num_iterations: int | None = None,
         seed: int | None = None,
         drop_last: bool = False,
         batch_size: int | None = None,
@@ -169,7 +175,18 @@ class InfoBatchSampler(Sampler[int]):
         self.drop_last = _check_flag("drop_last", drop_last)
         self.batch_size = batch_size
         self.num_samples = num_samples
-        self.schedule = AnnealingSchedule(num_epochs, delta)
+        if (num_epochs is None) == (num_iterations is None):
+            raise ValueError(
+                "give exactly one of num_epochs (epoch-based training) and num_iterations "
+                f"(iteration-based training), got num_epochs={num_epochs!r} and "
+                f"num_iterations={num_iterations!r}"
+            )
+        self.schedule: AnnealingSchedule | IterationSchedule = (
+            AnnealingSchedule(num_epochs, delta)
+            if num_epochs is not None
+            else IterationSchedule(num_iterations, delta)  # type: ignore[arg-type]
+        )
+        self._iterations_done = 0  # update() calls (batches) over the whole run
         default_rule = SoftPruning(prune_ratio)
         self.prune_ratio = float(prune_ratio)
         self.rule: PruningRule = rule if rule is not None else default_rule
@@ -195,7 +212,8 @@ class InfoBatchSampler(Sampler[int]):
         """One all_gather: settings must match; an unset seed becomes rank 0's."""
         settings = {
             "num_samples": self.num_samples,
-            "num_epochs": self.num_epochs,
+            "num_epochs": self.num_epochs if self.num_epochs is not None else -1,
+            "num_iterations": self.num_iterations if self.num_iterations is not None else -1,
             "prune_ratio": _float_bits(self.prune_ratio),
             "delta": _float_bits(self.delta),
             "drop_last": int(self.drop_last),
@@ -238,9 +256,21 @@ class InfoBatchSampler(Sampler[int]):
         return self._life.length
 
     @property
-    def num_epochs(self) -> int:
-        """Total training epochs."""
-        return self.schedule.num_epochs
+    def num_epochs(self) -> int | None:
+        """Total training epochs (``None`` in iteration-based training)."""
+        schedule = self.schedule
+        return schedule.num_epochs if isinstance(schedule, AnnealingSchedule) else None
+
+    @property
+    def num_iterations(self) -> int | None:
+        """Total training iterations in iteration-based training, else ``None``."""
+        schedule = self.schedule
+        return schedule.num_iterations if isinstance(schedule, IterationSchedule) else None
+
+    @property
+    def iterations_done(self) -> int:
+        """Batches trained (``update()`` calls) over the whole run on this rank."""
+        return self._iterations_done
 
     @property
     def delta(self) -> float:
@@ -350,7 +380,7 @@ class InfoBatchSampler(Sampler[int]):
         self._settle()
         self._plan = None  # free the previous plan before the next one is built
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
-        prunes = self._rule_prunes and self.schedule.prunes(epoch)
+        prunes = self._rule_prunes and self.schedule.prunes(epoch, self._iterations_done)
         generator = epoch_generator(self.seed, epoch)
         plan = build_plan(epoch, self._scores.values, self.rule if prunes else None, generator)
         self._install(plan, position=0)
@@ -537,6 +567,7 @@ class InfoBatchSampler(Sampler[int]):
                     f"only {life.length} are planned on this rank; call update() once per batch"
                 )
         self._batches.note(batch, final=end == life.length)
+        self._iterations_done += 1
         if life.receive(batch):
             self._record_stats()
         accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
@@ -600,6 +631,8 @@ class InfoBatchSampler(Sampler[int]):
             "version": STATE_VERSION,
             "num_samples": self.num_samples,
             "num_epochs": self.num_epochs,
+            "num_iterations": self.num_iterations,
+            "iterations_done": self._iterations_done,
             "prune_ratio": self.prune_ratio,
             "delta": self.delta,
             "seed": self.seed,
@@ -626,6 +659,7 @@ class InfoBatchSampler(Sampler[int]):
             {
                 "num_samples": self.num_samples,
                 "num_epochs": self.num_epochs,
+                "num_iterations": self.num_iterations,
                 "prune_ratio": self.prune_ratio,
                 "delta": self.delta,
                 "drop_last": self.drop_last,
@@ -655,6 +689,7 @@ class InfoBatchSampler(Sampler[int]):
         self._scores.load(state["scores"])
         self._history = {int(d["epoch"]): EpochStats(**d) for d in state["history"]}
         self._nonfinite_total = int(state.get("nonfinite_count", 0))
+        self._iterations_done = int(state.get("iterations_done", 0))
         self._life.passes += 1  # retire any live iterator
         self._life.trained = False
         self._batches.new_pass()

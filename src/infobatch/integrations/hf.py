@@ -193,7 +193,8 @@ class _EpochLoader:
     @property
     def finished(self) -> bool:
         """All the run's epochs were handed out."""
-        return self.next_epoch >= self.infobatch.sampler.num_epochs
+        epochs = self.infobatch.sampler.num_epochs
+        return epochs is not None and self.next_epoch >= epochs
 
     def __iter__(self) -> Iterator[Any]:
         if self.finished:
