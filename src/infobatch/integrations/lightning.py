@@ -134,7 +134,10 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
                 "before; build the InfoBatch dataset once (in setup()) and reuse it"
             )
         self._sampler = wrapped.sampler
-        self.progress.num_epochs = wrapped.sampler.num_epochs
+        epochs = wrapped.sampler.num_epochs
+        if epochs is None:
+            raise ValueError("InfoBatchCallback trains by epochs: build InfoBatch with num_epochs")
+        self.progress.num_epochs = epochs
         return wrapped
 
     def scheduler(
