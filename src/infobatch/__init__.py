@@ -1,5 +1,7 @@
 """infobatch: unbiased dynamic data pruning (InfoBatch, ICLR 2024) for PyTorch."""
 
+from .budget import SavingBudget
+from .context import EpochAwareRule, EpochContext
 from .dataset import InfoBatch
 from .distributed import Collectives, PendingReduce, TorchCollectives
 from .errors import InfoBatchError
@@ -18,6 +20,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AnnealingSchedule",
     "Collectives",
+    "EpochAwareRule",
+    "EpochContext",
     "EpochLifecycle",
     "EpochPlan",
     "EpochStats",
@@ -30,6 +34,7 @@ __all__ = [
     "Phase",
     "PruningRule",
     "STATE_VERSION",
+    "SavingBudget",
     "ScoreTable",
     "Selection",
     "SoftPruning",

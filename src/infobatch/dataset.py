@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
+from .context import EpochAwareRule
 from .distributed import Collectives
 from .rule import PruningRule
 from .sampler import IndexLike, InfoBatchSampler
@@ -45,7 +46,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         batch_size: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
-        rule: PruningRule | None = None,
+        rule: PruningRule | EpochAwareRule | None = None,
         collectives: Collectives | None = None,
     ) -> None:
         if isinstance(dataset, IterableDataset):

@@ -16,6 +16,7 @@ from torch.utils.data import Sampler
 
 from .attribution import BatchBoundaries
 from .checkpoint import STATE_VERSION, check_state, plan_from_state, plan_state
+from .context import EpochAwareRule, EpochContext, WithContext
 from .distributed import (
     Collectives,
     TorchCollectives,
@@ -63,6 +64,23 @@ def _check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return bool(value)
+
+
+def state_of(rule: object) -> Any:
+    """A rule's own checkpoint state, if it keeps any (``state_dict()``), else ``None``."""
+    state_dict = getattr(rule, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
+
+
+def load_state_of(rule: object, state: Any) -> None:
+    """Restore a rule's state saved by :func:`state_of`."""
+    load = getattr(rule, "load_state_dict", None)
+    if not callable(load):
+        raise ValueError(
+            f"the checkpoint holds pruning-rule state but {type(rule).__name__} has no "
+            "load_state_dict(); build the sampler with the rule it was saved with"
+        )
+    load(state)
 
 
 def _check_per_sample(name: str, value: Any) -> int:
@@ -116,7 +134,9 @@ class InfoBatchSampler(Sampler[int]):
         num_replicas (int, optional): number of distributed processes. By default taken from
             the initialised process group, else 1.
         rank (int, optional): this process's rank. By default taken from the process group.
-        rule (PruningRule, optional): replaces the InfoBatch rule (``SoftPruning(prune_ratio)``).
+        rule (PruningRule or EpochAwareRule, optional): replaces the InfoBatch rule
+            (``SoftPruning(prune_ratio)``), e.g. ``SavingBudget(0.4)``. A rule with
+            ``state_dict()``/``load_state_dict()`` is checkpointed with the sampler.
         collectives (Collectives, optional): cross-rank operations; by default a
             :class:`TorchCollectives` when a process group with ``num_replicas`` ranks is
             initialised. Pass a fake to test several ranks in one process.
@@ -155,7 +175,7 @@ class InfoBatchSampler(Sampler[int]):
         batch_size: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
-        rule: PruningRule | None = None,
+        rule: PruningRule | EpochAwareRule | None = None,
         collectives: Collectives | None = None,
     ) -> None:
         super().__init__()
@@ -189,7 +209,7 @@ class InfoBatchSampler(Sampler[int]):
         self._iterations_done = 0  # update() calls (batches) over the whole run
         default_rule = SoftPruning(prune_ratio)
         self.prune_ratio = float(prune_ratio)
-        self.rule: PruningRule = rule if rule is not None else default_rule
+        self.rule: PruningRule | EpochAwareRule = rule if rule is not None else default_rule
         self._rule_prunes = rule is not None or prune_ratio > 0
         self.num_replicas, self.rank, merge = resolve_replicas(num_replicas, rank)
         if collectives is None and merge:
@@ -382,8 +402,29 @@ class InfoBatchSampler(Sampler[int]):
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
         prunes = self._rule_prunes and self.schedule.prunes(epoch, self._iterations_done)
         generator = epoch_generator(self.seed, epoch)
-        plan = build_plan(epoch, self._scores.values, self.rule if prunes else None, generator)
+        rule: PruningRule | None = None
+        if prunes:
+            rule = (
+                WithContext(self.rule, self._context(epoch))
+                if isinstance(self.rule, EpochAwareRule)
+                else self.rule
+            )
+        plan = build_plan(epoch, self._scores.values, rule, generator)
         self._install(plan, position=0)
+
+    def _context(self, epoch: int) -> EpochContext:
+        schedule = self.schedule
+        return EpochContext(
+            epoch=epoch,
+            num_samples=self.num_samples,
+            num_epochs=self.num_epochs,
+            pruned_epochs=(
+                schedule.pruned_epochs if isinstance(schedule, AnnealingSchedule) else None
+            ),
+            iterations_done=self._iterations_done,
+            num_iterations=self.num_iterations,
+            history=tuple(s for s in self.history if s.epoch < epoch),
+        )
 
     def _install(self, plan: EpochPlan, position: int) -> None:
         self._plan = plan
@@ -645,6 +686,7 @@ class InfoBatchSampler(Sampler[int]):
             "scores": self._scores.values.cpu().clone(),
             "history": [s.as_dict() for s in self.history if s.epoch < epoch or saved_plan],
             "nonfinite_count": self._nonfinite_total,
+            "rule": state_of(self.rule),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -690,6 +732,8 @@ class InfoBatchSampler(Sampler[int]):
         self._history = {int(d["epoch"]): EpochStats(**d) for d in state["history"]}
         self._nonfinite_total = int(state.get("nonfinite_count", 0))
         self._iterations_done = int(state.get("iterations_done", 0))
+        if state.get("rule") is not None:
+            load_state_of(self.rule, state["rule"])
         self._life.passes += 1  # retire any live iterator
         self._life.trained = False
         self._batches.new_pass()
