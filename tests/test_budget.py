@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader
 
 from infobatch import InfoBatch, SavingBudget
 from infobatch.context import EpochContext
-from infobatch.plan import PRUNED, UPWEIGHTED
 from tests.helpers import IndexedDataset
 
 SIZE, EPOCHS = 600, 12
@@ -85,10 +84,10 @@ def test_only_well_learned_samples_are_pruned_and_kept_ones_are_unbiased() -> No
     budget = SavingBudget(0.3)
     for seed in range(draws):
         selection = budget.select_for_epoch(scores, torch.Generator().manual_seed(seed), context)
-        status = selection.status
-        assert (status[scores.double() >= mean] != PRUNED).all()  # above the mean: kept
-        weights = torch.where(status == UPWEIGHTED, selection.weight, 1.0).double()
-        total += weights * (status != PRUNED)
+        keep, upweighted = selection.keep, selection.upweighted
+        assert keep[scores.double() >= mean].all()  # at or above the mean: always kept
+        weights = torch.where(upweighted, selection.weight, 1.0).double()
+        total += weights * keep
     expectation = total / draws
     ratio = budget.ratios[3]
     assert 0.3 < ratio < 0.9  # a real pruning probability, not a trivial one
