@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from infobatch import EpochPlan, InfoBatch, InfoBatchError, PendingReduce, TorchCollectives
+from infobatch import (
+    EpochPlan,
+    InfoBatch,
+    InfoBatchError,
+    PendingReduce,
+    SavingBudget,
+    TorchCollectives,
+    iterations,
+)
 
 NUM_SAMPLES = 203  # odd and not a multiple of 3: kept counts rarely divide the world size
 NUM_EPOCHS = 4
@@ -508,6 +516,43 @@ def job_seeds(out_dir: Path, config: dict[str, Any]) -> Record:
     return {"seeds": [implicit.sampler.seed, large.sampler.seed], "hashes": hashes}
 
 
+def _epochs_of(dataset: InfoBatch[Any], loader: DataLoader[Any], epochs: int) -> Any:
+    """The batches of ``epochs`` epochs, with ``set_epoch`` at the top of each."""
+    for epoch in range(epochs):
+        dataset.sampler.set_epoch(epoch)
+        yield from loader
+
+
+def job_control(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Iteration-based training and a saving budget, each trained to the end on every rank."""
+    results: Record = {}
+    for mode in ("iterations", "budget"):
+        if mode == "iterations":
+            dataset: InfoBatch[Any] = InfoBatch(
+                Blobs(NUM_SAMPLES), None, delta=DELTA, num_iterations=40, seed=SEED
+            )
+        else:
+            dataset = InfoBatch(
+                Blobs(NUM_SAMPLES), 8, delta=DELTA, rule=SavingBudget(0.3), seed=SEED
+            )
+        loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=dataset.sampler)
+        model = nn.Linear(8, 4)
+        batches = iterations(loader, 40) if mode == "iterations" else _epochs_of(dataset, loader, 8)
+        hashes: list[str] = []
+        for features, labels, _index in batches:
+            assert dataset.sampler.plan is not None
+            if len(hashes) <= dataset.sampler.epoch:
+                hashes.append(plan_hash(dataset.sampler.plan))
+            dataset.update(F.cross_entropy(model(features), labels, reduction="none"))
+        results[mode] = {
+            "hashes": hashes,
+            "iterations": dataset.sampler.iterations_done,
+            "saved": dataset.saved_fraction,
+            "scores": dataset.scores.clone(),
+        }
+    return results
+
+
 JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "model_parallel": job_model_parallel,
     "train": job_train,
@@ -519,6 +564,7 @@ JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "evaluate_on_rank_0": job_evaluate_on_rank_0,
     "leave_early": job_leave_early,
     "seeds": job_seeds,
+    "control": job_control,
 }
 
 

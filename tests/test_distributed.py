@@ -387,3 +387,21 @@ def test_ranks_seeded_differently_take_rank_0s_seed_and_large_seeds_work(
     results = [r["seeds"] for r in patterns]
     assert [r["seeds"] for r in results] == [[100, 2**63]] * 2
     assert results[0]["hashes"] == results[1]["hashes"]
+
+
+# ---------------------------------------------------------------------- 7. budget, iterations
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    return launch(2, ["control"], tmp_path_factory.mktemp("control"))
+
+
+def test_iteration_mode_and_the_budget_agree_across_ranks(control: list[Record]) -> None:
+    iters = [r["control"]["iterations"] for r in control]
+    assert [r["iterations"] for r in iters] == [40, 40]  # exactly the asked iterations
+    budget = [r["control"]["budget"] for r in control]
+    for runs in (iters, budget):
+        assert runs[0]["hashes"] == runs[1]["hashes"] and len(runs[0]["hashes"]) > 3
+    # every budgeted epoch ran to its end, so the tables are merged (the iteration run's last
+    # pass was cut at the count: its scores stay on the rank that recorded them)
+    assert_same_table(budget[0]["scores"], budget[1]["scores"])
+    assert abs(budget[0]["saved"] - 0.3) <= 0.02 and budget[0]["saved"] == budget[1]["saved"]
