@@ -1,9 +1,11 @@
 """Plain Accelerate training loops for the integration tests (in-process or on gloo ranks).
 
 A small MLP on Gaussian blobs, trained with ``prepare_loader``, ``accelerator.accumulate``
-and a progress-driven linear schedule; ``save_state`` after every optimizer step. The record
-holds each epoch's plan (this rank's share), the samples trained and their losses, the
-gradient left at each epoch's end, the learning rate of each step and the final weights.
+and a linear schedule driven by ``SamplerProgress``; ``save_state`` after every optimizer
+step. ``implicit=True`` calls ``update(losses)`` without ``indices=`` (matched by plan
+position). The record holds each epoch's plan (this rank's share), the samples trained and
+their losses, the gradient left at each epoch's end, the learning rate of each step and the
+final weights.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from infobatch import EpochPlan, InfoBatch
 from infobatch.integrations.accelerate import AllRanksState, prepare_loader
-from infobatch.integrations.progress import EpochProgress, ProgressLR
+from infobatch.integrations.progress import ProgressLR, SamplerProgress
 
 from ._common import Record
 
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, Any] = dict(
     save=False,
     resume_from=None,
     plain_prepare=False,  # negative control: accelerator.prepare(loader) shards again
+    implicit=False,  # update(losses) without indices=
 )
 
 
@@ -79,12 +82,11 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
     optimizer = torch.optim.SGD(model.parameters(), lr=settings["lr"], momentum=0.9)
     share = math.ceil(settings["num_samples"] / accelerator.num_processes)
     total = epochs * math.ceil(math.ceil(share / settings["batch"]) / accumulation)  # full data
-    progress = EpochProgress(epochs)
     scheduler = ProgressLR(
-        optimizer, lambda pos: max(0.0, 1 - pos / total), total, lambda: progress.fraction
+        optimizer, lambda pos: max(0.0, 1 - pos / total), total, SamplerProgress(dataset)
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    accelerator.register_for_checkpointing(AllRanksState(dataset), progress)
+    accelerator.register_for_checkpointing(AllRanksState(dataset))
     if settings["resume_from"]:
         accelerator.load_state(settings["resume_from"])
 
@@ -101,9 +103,7 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
     global_step = int(settings.get("start_step", 0))
     for epoch in range(dataset.epoch, epochs):
         loader.set_epoch(epoch)
-        progress.begin(epoch, remaining=len(loader))
         for batch in loader:
-            progress.advance()  # before the step: the schedule then sees this batch as done
             if epoch not in record["plans"]:
                 plan = dataset.sampler.plan
                 assert plan is not None
@@ -116,7 +116,10 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
                 }
             with accelerator.accumulate(model):
                 losses = F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
-                loss = dataset.update(losses, indices=batch["index"])
+                if settings["implicit"]:
+                    loss = dataset.update(losses)
+                else:
+                    loss = dataset.update(losses, indices=batch["index"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     record["learning_rates"].append(optimizer.param_groups[0]["lr"])
@@ -157,7 +160,11 @@ def resume_points(steps: dict[int, int]) -> dict[str, int]:
 
 
 def run_loop_and_resume(out_dir: Path, config: dict[str, Any]) -> Record:
-    """Uninterrupted run saving every step; runs resumed at epoch 1's end and mid-epoch 2."""
+    """Uninterrupted run saving every step; runs resumed at epoch 1's end and mid-epoch 2.
+
+    Also: the same run with implicit updates (no ``indices=``), uninterrupted and resumed
+    mid-epoch, and the negative control (``accelerator.prepare(loader)``).
+    """
     full = run_loop(out_dir / "full", {**config, "save": True})
     points = resume_points(full["steps"])
     resumed = {
@@ -167,8 +174,21 @@ def run_loop_and_resume(out_dir: Path, config: dict[str, Any]) -> Record:
         )
         for name, step in points.items()
     }
+    implicit = {**config, "implicit": True}
+    implicit_full = run_loop(out_dir / "implicit", {**implicit, "save": True})
+    step = points["middle"]
+    implicit_resumed = run_loop(
+        out_dir / "implicit-middle",
+        {**implicit, "resume_from": implicit_full["checkpoints"][step], "start_step": step},
+    )
     control = run_loop(out_dir / "control", {**config, "plain_prepare": True, "epochs": 1})
-    return {"full": full, "resumed": resumed, "points": points, "control": control}
+    return {
+        "full": full,
+        "resumed": resumed,
+        "points": points,
+        "implicit": {"full": implicit_full, "middle": implicit_resumed},
+        "control": control,
+    }
 
 
 def leftover_tensor(record: Record) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from infobatch import EpochPlan
+from infobatch import EpochPlan, InfoBatch
 from infobatch.integrations.hf import _GROUP_KEY, INDEX_KEY, InfoBatchTrainer
 from infobatch.integrations.losses import PerSampleLoss
 
@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = dict(
     bf16=False,
     stop_after_steps=None,
     evaluate=False,
+    args={},  # further TrainingArguments
+    infobatch=None,  # InfoBatch arguments: pass an InfoBatch built by the test as train_dataset
 )
 
 
@@ -187,7 +189,10 @@ def build_trainer(out_dir: Path, config: dict[str, Any]) -> tuple[RecordingTrain
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         eval_strategy="epoch" if settings["evaluate"] else "no",
         per_device_eval_batch_size=8,
+        **settings["args"],
     )
+    if settings["infobatch"] is not None:
+        dataset = InfoBatch(dataset, settings["epochs"], **settings["infobatch"])
     trainer = RecordingTrainer(
         model=model,
         args=args,

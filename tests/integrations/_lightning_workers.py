@@ -8,6 +8,7 @@ callback's progress-driven schedule; a checkpoint after every optimizer step.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ DEFAULTS: dict[str, Any] = dict(
     save=False,
     resume_from=None,
     reload=1,
+    steps="full_data",  # or "estimated": the schedule sized with estimated_stepping_batches
+    scheduler="progress",  # or "step_count": a plain LambdaLR stepped per batch (refused)
+    trainer={},  # further Trainer arguments
 )
 
 
@@ -96,16 +100,25 @@ def _module_class() -> Any:
         def configure_optimizers(self) -> Any:
             s = self.settings
             optimizer = torch.optim.SGD(self.parameters(), lr=s["lr"], momentum=0.9)
-            steps = full_data_steps(
-                s["num_samples"],
-                s["batch"],
-                s["epochs"],
-                world_size=self.trainer.world_size,
-                accumulation=self.trainer.accumulate_grad_batches,
-            )
-            scheduler = InfoBatchCallback.find(self.trainer).scheduler(
-                optimizer, lambda pos: max(0.0, 1 - pos / steps), steps
-            )
+            if s["steps"] == "estimated":
+                steps = int(self.trainer.estimated_stepping_batches)
+            else:
+                steps = full_data_steps(
+                    s["num_samples"],
+                    s["batch"],
+                    s["epochs"],
+                    world_size=self.trainer.world_size,
+                    accumulation=self.trainer.accumulate_grad_batches,
+                )
+            self.record["schedule_steps"] = steps
+            if s["scheduler"] == "step_count":
+                scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer, lambda step: max(0.0, 1 - step / steps)
+                )
+            else:
+                scheduler = InfoBatchCallback.find(self.trainer).scheduler(
+                    optimizer, lambda pos: max(0.0, 1 - pos / steps), steps
+                )
             return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
     return Module
@@ -141,9 +154,12 @@ def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        **settings["trainer"],
     )
     module = _module_class()(settings)
-    trainer.fit(module, ckpt_path=settings["resume_from"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, ckpt_path=settings["resume_from"])
     record = module.record
     optimizer = trainer.optimizers[0]
     return {
@@ -157,6 +173,7 @@ def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
         "params": {k: v.detach().clone() for k, v in module.net.state_dict().items()},
         "global_step": trainer.global_step,
         "world": world,
+        "warnings": [str(w.message) for w in caught],
     }
 
 

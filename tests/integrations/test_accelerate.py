@@ -120,6 +120,29 @@ def test_accelerate_resume_reproduces_the_uninterrupted_run(
             assert torch.equal(resumed["params"][name], value), name
 
 
+def test_accelerate_implicit_updates_match_indexed_updates(ranks: list[Record]) -> None:
+    """``update(losses)`` without ``indices=`` through ``prepare_loader`` (which reads one
+    batch ahead) attributes every loss to the right sample: the run equals the indexed one,
+    uninterrupted and resumed mid-epoch."""
+    for rank_result in ranks:
+        indexed, implicit = rank_result["full"], rank_result["implicit"]["full"]
+        for epoch in range(EPOCHS):
+            assert implicit["plans"][epoch] == indexed["plans"][epoch]
+            assert implicit["trained"][epoch] == indexed["trained"][epoch]
+            assert implicit["losses"][epoch] == indexed["losses"][epoch]
+            assert _equal_nan(implicit["scores"][epoch], indexed["scores"][epoch])
+        assert implicit["learning_rates"] == indexed["learning_rates"]
+        for name, value in indexed["params"].items():
+            assert torch.equal(implicit["params"][name], value), name
+        resumed = rank_result["implicit"]["middle"]
+        first = min(resumed["plans"])
+        done = len(implicit["trained"][first]) - len(resumed["trained"][first])
+        assert done > 0 and resumed["trained"][first] == implicit["trained"][first][done:]
+        assert _equal_nan(resumed["final_scores"], implicit["final_scores"])
+        for name, value in implicit["params"].items():
+            assert torch.equal(resumed["params"][name], value), name
+
+
 def test_accelerate_plain_prepare_shards_a_second_time(two_ranks: list[Record]) -> None:
     """Negative control: ``accelerator.prepare(loader)`` trains only part of each share."""
     for rank_result in two_ranks:

@@ -39,7 +39,9 @@ def causal(tmp_path_factory: pytest.TempPathFactory) -> Record:
     """One process: an uninterrupted run, checkpointed every step, and two resumed runs."""
     torch.set_num_threads(1)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the unlabelled rows' "non-finite" note, see below
+        # e.g. "samples never reached update()"; rows without labels pass valid=False: no
+        # "non-finite losses" warning either
+        warnings.simplefilter("error", UserWarning)
         return run_trainer_and_resume(tmp_path_factory.mktemp("hf1"), {})
 
 
@@ -137,6 +139,18 @@ def test_trainer_resume_reproduces_the_uninterrupted_run(causal: Record, point: 
         assert torch.equal(resumed["params"][name], value), name
 
 
+def test_trainer_gives_infobatch_its_batch_size_and_refuses_mismatches(tmp_path: Path) -> None:
+    trainer, _ = build_trainer(tmp_path, {})
+    # InfoBatch knows the per-process batch size: exact epoch ends with drop_last.
+    assert trainer.infobatch.sampler.batch_size == DEFAULTS["batch"]
+    trainer, _ = build_trainer(tmp_path, {"infobatch": {"batch_size": DEFAULTS["batch"]}})
+    assert trainer.infobatch.sampler.batch_size == DEFAULTS["batch"]
+    with pytest.raises(ValueError, match="batch_size=8 but the Trainer's per-process"):
+        build_trainer(tmp_path, {"infobatch": {"batch_size": 8}})
+    with pytest.raises(ValueError, match="auto_find_batch_size"):
+        build_trainer(tmp_path, {"args": {"auto_find_batch_size": True}})
+
+
 def test_trainer_resume_negative_controls(causal: Record, tmp_path: Path) -> None:
     # Planning epoch 2 without the checkpoint's scores gives another plan: the equality of
     # plans above is not automatic.
@@ -212,7 +226,6 @@ def test_trainer_variants_train_each_planned_sample_once(
 ) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # e.g. "samples never reached update()"
-        warnings.filterwarnings("ignore", message=".*non-finite losses.*")
         warnings.filterwarnings("ignore", message=".*fork.*")
         run = run_trainer(tmp_path, {"epochs": 3, "delta": 0.67, **settings})
     batch = settings.get("batch", DEFAULTS["batch"])
@@ -249,6 +262,13 @@ def test_two_ranks_agree_and_train_every_planned_sample_once(two_ranks: list[Rec
             for index, loss in run["losses"][epoch].items():
                 if trained[index] == 1:
                     assert runs[0]["scores"][epoch][index] == loss
+            # Samples without labels: trained with weight 0, never scored.
+            assert torch.isnan(runs[0]["scores"][epoch][run["unlabelled"][epoch]]).all()
+        # Samples not trained this epoch (pruned) keep their previous score.
+        previous = runs[0]["scores"].get(epoch - 1)
+        for index in set(range(DEFAULTS["num_samples"])) - set(trained):
+            expected = previous[index] if previous is not None else torch.tensor(float("nan"))
+            assert _equal_nan(runs[0]["scores"][epoch][index], expected), (epoch, index)
     kept = {h["epoch"]: h["num_kept"] for h in runs[0]["history"]}
     assert all(kept[e] < DEFAULTS["num_samples"] for e in PRUNED)
     assert runs[0]["learning_rates"] == runs[1]["learning_rates"]
@@ -292,7 +312,7 @@ def test_two_rank_boundary_checkpoint_resumes_on_one_process(
     step = two_ranks[0]["points"]["boundary"]
     checkpoint = two_ranks_dir / "full" / "run" / f"checkpoint-{step}"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", UserWarning)
         resumed = run_trainer(tmp_path, {"resume_from": str(checkpoint)})
     assert min(resumed["plans"]) == 2
     for epoch in (2, 3):

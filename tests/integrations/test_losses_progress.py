@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
 
+from infobatch import InfoBatchSampler, Phase
 from infobatch.integrations.losses import causal_lm_loss, sequence_classification_loss
-from infobatch.integrations.progress import EpochProgress, ProgressLR
+from infobatch.integrations.progress import ProgressLR, SamplerProgress, full_data_steps
 
 transformers = pytest.importorskip("transformers")
 
@@ -91,62 +93,102 @@ def test_sequence_classification_infers_the_problem_type() -> None:
     assert torch.allclose(out.loss, torch.full((2,), math.log(4)))
 
 
+def _train_epoch(sampler: InfoBatchSampler, batch: int, losses: torch.Tensor, step: Any) -> None:
+    """One epoch: the plan in batches of ``batch``, each sample's loss from ``losses``."""
+    indices = list(sampler)
+    for start in range(0, len(indices), batch):
+        chunk = indices[start : start + batch]
+        if sampler.drop_last and len(chunk) < batch:
+            break
+        sampler.update(losses[chunk], indices=chunk)
+        step()
+
+
 def test_progress_lr_without_pruning_reproduces_the_step_schedule() -> None:
-    """Progress in lockstep with steps: ProgressLR equals the Hugging Face schedule itself."""
-    total, warmup = 20, 3
+    """No pruning: ProgressLR over SamplerProgress equals the Hugging Face schedule itself."""
+    total, warmup = 20, 3  # 4 epochs of 25 samples in batches of 5: 5 steps an epoch
+    sampler = InfoBatchSampler(25, num_epochs=4, prune_ratio=0.0, seed=0)
     model = torch.nn.Linear(2, 2)
     reference_opt = torch.optim.SGD(model.parameters(), lr=0.1)
     reference = transformers.get_cosine_schedule_with_warmup(reference_opt, warmup, total)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     template = transformers.get_cosine_schedule_with_warmup(opt, warmup, total)
-    progress = EpochProgress(num_epochs=4)
-    scheduler = ProgressLR.from_lambda_lr(template, total, lambda: progress.fraction)
-    for epoch in range(4):
-        progress.begin(epoch, remaining=5)
-        for _ in range(5):
-            assert opt.param_groups[0]["lr"] == pytest.approx(reference.get_last_lr()[0])
-            progress.advance()
-            opt.step()
-            scheduler.step()
-            reference_opt.step()
-            reference.step()
+    progress = SamplerProgress(sampler, batch_size=5)
+    scheduler = ProgressLR.from_lambda_lr(template, total, progress)
+
+    def step() -> None:
+        assert opt.param_groups[0]["lr"] == pytest.approx(reference.get_last_lr()[0])
+        opt.step()
+        scheduler.step()
+        reference_opt.step()
+        reference.step()
+
+    for _ in range(4):
+        _train_epoch(sampler, 5, torch.rand(25), step)
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_progress_lr_reaches_the_end_with_shrinking_epochs() -> None:
+    sampler = InfoBatchSampler(40, num_epochs=4, delta=0.75, seed=1)
+    steps = full_data_steps(40, 4, 4)  # 40: the schedule written for full data
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    progress = EpochProgress(num_epochs=3)
-    scheduler = ProgressLR(opt, lambda pos: 1 - pos / 30, 30, lambda: progress.fraction)
-    seen = []
-    for epoch, steps in enumerate([10, 4, 7]):  # not known in advance, as with InfoBatch
-        progress.begin(epoch, remaining=steps)
-        for _ in range(steps):
-            seen.append(opt.param_groups[0]["lr"])
-            progress.advance()
-            opt.step()
-            scheduler.step()
+    scheduler = ProgressLR(opt, lambda pos: 1 - pos / steps, steps, SamplerProgress(sampler))
+    seen: list[float] = []
+
+    def step() -> None:
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+
+    losses = torch.linspace(0.0, 1.0, 40)  # below-mean samples exist: epochs 1 and 2 prune
+    for _ in range(4):
+        _train_epoch(sampler, 4, losses, step)
+    assert len(seen) < steps  # pruned epochs were shorter...
     assert seen == sorted(seen, reverse=True) and seen[0] == 1.0
-    assert opt.param_groups[0]["lr"] == 0.0
+    assert opt.param_groups[0]["lr"] == 0.0  # ...yet the schedule reached its end
     # Calling step() again (Accelerate steps a prepared scheduler once per process) is harmless.
     scheduler.step()
     assert opt.param_groups[0]["lr"] == 0.0
 
 
-def test_progress_state_round_trip_and_mid_epoch_begin() -> None:
-    progress = EpochProgress(num_epochs=4)
-    progress.begin(2, remaining=8)
-    progress.advance(3)
-    saved = progress.state_dict()
-    restored = EpochProgress(num_epochs=4)
-    restored.load_state_dict(saved)
-    restored.begin(2, remaining=5)  # the resumed epoch: 5 left of 8
-    assert (restored.done, restored.total) == (3, 8)
-    assert restored.fraction == pytest.approx((2 + 3 / 8) / 4)
-    restored.advance(5)
-    restored.begin(3, remaining=6)  # the next epoch starts from nothing
-    assert (restored.done, restored.total) == (0, 6)
-    with pytest.raises(ValueError, match="num_epochs"):
-        EpochProgress(0)
+def test_sampler_progress_counts_samples_or_optimizer_steps() -> None:
+    # 10 samples, batches of 3 with drop_last (3 batches), 2 batches per optimizer step.
+    sampler = InfoBatchSampler(10, num_epochs=2, prune_ratio=0.0, drop_last=True, seed=0)
+    steps = SamplerProgress(sampler, batch_size=3, accumulation=2)
+    samples = SamplerProgress(sampler)
+    assert (steps.fraction, samples.fraction) == (0.0, 0.0)  # nothing planned yet
+    seen = []
+    _train_epoch(
+        sampler, 3, torch.ones(10), lambda: seen.append((steps.done, steps.fraction, samples()))
+    )
+    assert seen == [(1, 0.25, 0.15), (1, 0.25, 0.3), (2, 0.5, 0.5)]  # the dropped sample aside
+    assert sampler.phase is Phase.COMPLETE
+    assert steps.units(10) == 2 and samples.units(10) == 10
+    with pytest.raises(TypeError, match="InfoBatchSampler"):
+        SamplerProgress(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="accumulation"):
+        SamplerProgress(sampler, accumulation=0)
+    with pytest.raises(ValueError, match="num_epochs, not num_iterations"):
+        SamplerProgress(InfoBatchSampler(10, None, num_iterations=20))
+
+
+def test_sampler_progress_resumes_with_the_samplers_checkpoint() -> None:
+    sampler = InfoBatchSampler(12, num_epochs=3, seed=2)
+    progress = SamplerProgress(sampler, batch_size=4)
+    _train_epoch(sampler, 4, torch.rand(12), lambda: None)
+    indices = list(sampler)
+    sampler.update(torch.rand(4), indices=indices[:4])  # mid-epoch 1
+    middle = progress.fraction
+    assert 1 / 3 < middle < 2 / 3
+    restored = InfoBatchSampler(12, num_epochs=3, seed=2)
+    restored.load_state_dict(sampler.state_dict())  # a mid-epoch checkpoint
+    assert SamplerProgress(restored, batch_size=4).fraction == middle
+    rest = indices[4:]
+    for start in range(0, len(rest), 4):
+        sampler.update(torch.rand(len(rest[start : start + 4])), indices=rest[start : start + 4])
+    boundary = InfoBatchSampler(12, num_epochs=3, seed=2)
+    boundary.load_state_dict(sampler.state_dict())  # an epoch-boundary checkpoint
+    assert progress.fraction == SamplerProgress(boundary, batch_size=4).fraction == 2 / 3
 
 
 def test_progress_lr_state_dict_holds_no_code() -> None:

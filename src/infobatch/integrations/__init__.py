@@ -8,17 +8,18 @@
   (``pip install "infobatch[lightning]"``).
 * :mod:`infobatch.integrations.losses` and :mod:`infobatch.integrations.progress` need only
   torch: per-sample losses (causal LM, sequence classification) and learning-rate schedules
-  driven by the fraction of epochs done.
+  driven by the fraction of epochs done (read from the sampler).
 """
 
 from .losses import IGNORE_INDEX, PerSampleLoss, causal_lm_loss, sequence_classification_loss
-from .progress import EpochProgress, ProgressLR
+from .progress import ProgressLR, SamplerProgress, full_data_steps
 
 __all__ = [
     "IGNORE_INDEX",
-    "EpochProgress",
     "PerSampleLoss",
     "ProgressLR",
+    "SamplerProgress",
     "causal_lm_loss",
+    "full_data_steps",
     "sequence_classification_loss",
 ]

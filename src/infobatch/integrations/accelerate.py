@@ -10,31 +10,34 @@ and no gradient leaks into the next epoch). Usage::
 
     from infobatch import InfoBatch
     from infobatch.integrations.accelerate import AllRanksState, prepare_loader
-    from infobatch.integrations.progress import EpochProgress, ProgressLR
+    from infobatch.integrations.progress import ProgressLR, SamplerProgress, full_data_steps
 
     accelerator = Accelerator(gradient_accumulation_steps=4)
     dataset = InfoBatch(train_set, num_epochs, seed=0)           # after Accelerator(): rank-aware
     loader = prepare_loader(accelerator, DataLoader(dataset, batch_size=32,
                                                     sampler=dataset.sampler, collate_fn=...))
-    progress = EpochProgress(num_epochs)
-    scheduler = ProgressLR(optimizer, lambda pos: 1 - pos / total, total, lambda: progress.fraction)
+    steps = full_data_steps(len(dataset), 32, num_epochs,
+                            world_size=accelerator.num_processes, accumulation=4)
+    scheduler = ProgressLR(optimizer, lambda pos: 1 - pos / steps, steps,
+                           SamplerProgress(dataset))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    accelerator.register_for_checkpointing(AllRanksState(dataset), progress)
+    accelerator.register_for_checkpointing(AllRanksState(dataset))
     # accelerator.load_state(path) here to resume
 
     for epoch in range(dataset.epoch, num_epochs):
         loader.set_epoch(epoch)                        # Accelerate does not restore its counter
-        progress.begin(epoch, remaining=len(loader))
         for batch in loader:
-            progress.advance()                         # before the step that trains it
             with accelerator.accumulate(model):
                 losses = per_sample_loss(model(batch["x"]), batch["y"])   # shape [batch]
                 loss = dataset.update(losses, indices=batch["index"])
                 accelerator.backward(loss)
                 optimizer.step(); scheduler.step(); optimizer.zero_grad()
 
-A schedule driven by :class:`~infobatch.integrations.progress.EpochProgress` also makes the
-prepared scheduler's extra steps harmless (Accelerate steps it once per process unless
+``indices=`` is optional (without it the losses are matched to the plan by position, which a
+prepared loader's one-batch look-ahead does not disturb). A schedule driven by
+:class:`~infobatch.integrations.progress.SamplerProgress` reaches its end although pruned
+epochs are shorter, resumes with the sampler's checkpointed position, and makes the prepared
+scheduler's extra steps harmless (Accelerate steps it once per process unless
 ``split_batches``): every step re-evaluates the same position.
 """
 
@@ -42,11 +45,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..dataset import InfoBatch
-from ._loader import infobatch_sampler_of
+from ..sampler import InfoBatchSampler
+from ._loader import infobatch_sampler_of, load_rank_state, rank_states
 
 try:
     from accelerate.data_loader import prepare_data_loader
@@ -112,31 +115,21 @@ class AllRanksState:
     each rank's InfoBatch state holds scores the others do not have yet (they are merged at
     the epoch's end), so this wrapper's :meth:`state_dict` gathers every rank's state (one
     ``all_gather_object``, mid-epoch only: at an epoch boundary all ranks hold the same table
-    and rank 0's is saved alone). :meth:`load_state_dict` gives each rank its own part, so a
-    run resumed mid-epoch with the same number of processes continues exactly; at a boundary
-    any number of processes can resume.
+    and this rank's state is saved alone). :meth:`load_state_dict` gives each rank its own
+    part, so a run resumed mid-epoch with the same number of processes continues exactly; at a
+    boundary any number of processes can resume.
 
     Args:
-        dataset (InfoBatch): the wrapped dataset whose sampler state to checkpoint.
+        dataset (InfoBatch or InfoBatchSampler): whose sampler state to checkpoint.
     """
 
-    def __init__(self, dataset: InfoBatch[Any]) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: InfoBatch[Any] | InfoBatchSampler) -> None:
+        self.sampler = dataset.sampler if isinstance(dataset, InfoBatch) else dataset
 
     def state_dict(self) -> dict[str, Any]:
         """``{"world_size": W, "ranks": [state of rank 0, ...]}`` (one entry at a boundary)."""
-        sampler = self.dataset.sampler
-        state = self.dataset.state_dict()
-        world = sampler.num_replicas
-        if state["plan"] is None or world == 1 or not dist.is_initialized():
-            return {"world_size": world, "ranks": [state]}
-        states: list[Any] = [None] * world
-        dist.all_gather_object(states, state)
-        return {"world_size": world, "ranks": states}
+        return rank_states(self.sampler)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load this rank's part (rank 0's at an epoch boundary or if it is the only one)."""
-        parts = state["ranks"]
-        rank = self.dataset.sampler.rank
-        mine = parts[rank] if len(parts) > 1 and rank < len(parts) else parts[0]
-        self.dataset.load_state_dict(mine)
+        """Load this rank's part (the only one at an epoch boundary)."""
+        load_rank_state(self.sampler, state)

@@ -31,8 +31,9 @@ What the subclass does, through the Trainer's documented override points only (n
   (``loss_is_scaled_for_ga = True``). A sample without any label gets weight 0 and no score.
 * ``create_scheduler``: the schedule chosen by ``lr_scheduler_type`` (any ``LambdaLR``
   schedule: linear, cosine, constant, with warmup...) is sized for full-data training and
-  evaluated at the fraction of epochs done after each step (:class:`ProgressLR`), so it reaches
-  its end at the last step although pruned epochs are shorter.
+  evaluated after each step at the fraction of epochs done (:class:`ProgressLR`), counted in
+  optimizer steps from the sampler's position (:class:`SamplerProgress`), so it reaches its end
+  at the last step although pruned epochs are shorter.
 * ``save_model`` (called for every checkpoint, on every process): writes
   ``infobatch_state_rank{R}.pt`` into the checkpoint folder; ``train(resume_from_checkpoint=)``
   loads it before training, and the resumed run continues the same epoch plans, at an epoch
@@ -60,7 +61,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..dataset import InfoBatch
 from ..errors import InfoBatchError
 from .losses import IGNORE_INDEX, PerSampleLoss, causal_lm_loss, sequence_classification_loss
-from .progress import EpochProgress, ProgressLR
+from .progress import ProgressLR, SamplerProgress, epochs_of
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -81,7 +82,7 @@ INDEX_KEY = "infobatch_index"
 #: File written into each checkpoint folder, one per process.
 STATE_FILE = "infobatch_state_rank{rank}.pt"
 _GROUP_KEY = "infobatch_group"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 1 also held an own progress counter, now read from the sampler
 
 #: ``per_sample_loss(outputs, targets) -> PerSampleLoss or Tensor``: ``outputs`` is the model's
 #: output, ``targets`` the batch entries removed before the forward (``labels`` and, when
@@ -173,7 +174,7 @@ class _EpochLoader:
         infobatch: InfoBatch[Any],
         length: int,
         accumulation: int,
-        progress: EpochProgress,
+        progress: SamplerProgress,
         next_epoch: int,
     ) -> None:
         self.loader = loader
@@ -193,18 +194,18 @@ class _EpochLoader:
     @property
     def finished(self) -> bool:
         """All the run's epochs were handed out."""
-        epochs = self.infobatch.sampler.num_epochs
-        return epochs is not None and self.next_epoch >= epochs
+        return self.next_epoch >= epochs_of(self.infobatch.sampler)
 
     def __iter__(self) -> Iterator[Any]:
         if self.finished:
             return
         epoch = self.next_epoch
-        self.infobatch.sampler.set_epoch(epoch)
-        self.progress.begin(epoch, remaining=math.ceil(len(self.loader) / self.accumulation))
-        if self.progress.total > self.length // self.accumulation:
+        sampler = self.infobatch.sampler
+        sampler.set_epoch(epoch)
+        steps = self.progress.units(sampler.epoch_length)
+        if steps > self.length // self.accumulation:
             raise InfoBatchError(
-                f"epoch {epoch} has {self.progress.total} optimizer steps on this rank but the "
+                f"epoch {epoch} has {steps} optimizer steps on this rank but the "
                 f"Trainer was sized for {self.length // self.accumulation}; resume with the same "
                 "per-device batch size, number of processes and dataset"
             )
@@ -220,7 +221,7 @@ class _InfoBatchCallback(TrainerCallback):  # type: ignore[misc]
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         progress = self.trainer.infobatch_progress
-        state.epoch = progress.fraction * progress.num_epochs
+        state.epoch = progress.fraction * epochs_of(progress.sampler)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         loader = self.trainer._infobatch_loader
@@ -277,6 +278,12 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
                 "per_sample_loss=fn(outputs, targets) returning one loss per sample instead of "
                 "compute_loss_func"
             )
+        if targs.auto_find_batch_size:
+            raise ValueError(
+                "InfoBatchTrainer does not support auto_find_batch_size: a retry with a smaller "
+                "batch would restart an InfoBatch epoch that was partly trained; set "
+                "per_device_train_batch_size yourself"
+            )
         if targs.label_smoothing_factor:
             raise ValueError(
                 "label_smoothing_factor is not supported by InfoBatchTrainer yet; pass a "
@@ -300,7 +307,12 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         self.infobatch: InfoBatch[Any] = self._wrap(
             self.train_dataset, int(epochs), prune_ratio, delta, seed
         )
-        self.infobatch_progress = EpochProgress(int(epochs))
+        #: Fraction of the run done, in optimizer steps (drives the schedule and ``state.epoch``).
+        self.infobatch_progress = SamplerProgress(
+            self.infobatch,
+            batch_size=self._train_batch_size,
+            accumulation=targs.gradient_accumulation_steps,
+        )
         self._infobatch_loader: _EpochLoader | None = None
         self._infobatch_next_epoch = self.infobatch.epoch
         self._infobatch_task: str | None = None
@@ -324,6 +336,13 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
                     f"the InfoBatch train_dataset is sharded for {dataset.sampler.num_replicas} "
                     f"processes but the Trainer runs {targs.world_size}"
                 )
+            batch_size = dataset.sampler.batch_size
+            if batch_size is not None and batch_size != self._train_batch_size:
+                raise ValueError(
+                    f"the InfoBatch train_dataset has batch_size={batch_size} but the Trainer's "
+                    f"per-process batch size is {self._train_batch_size}; use the same value "
+                    "(or leave InfoBatch's batch_size unset)"
+                )
             if dataset.sampler.drop_last != targs.dataloader_drop_last:
                 raise ValueError(
                     f"the InfoBatch train_dataset has drop_last={dataset.sampler.drop_last} but "
@@ -339,6 +358,7 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
             delta,
             seed=seed,
             drop_last=targs.dataloader_drop_last,
+            batch_size=self._train_batch_size,  # exact epoch ends with drop_last
             num_replicas=targs.world_size,
             rank=targs.process_index,
         )
@@ -407,7 +427,6 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
             batch = dict(batch)
             batch[_GROUP_KEY] = _Group(real=real, labelled=labelled)
             group.append(batch)
-        self.infobatch_progress.advance(1)
         return group, None
 
     def _labelled_rows(self, batch: Mapping[str, Any], real: int) -> int:
@@ -498,11 +517,9 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         total = per.loss.new_zeros(())
         if real > 0:
             valid = per.valid[:real]
-            loss = per.loss[:real]
-            score = torch.where(valid, loss.detach(), float("nan"))
-            mean = self.infobatch.update(
-                torch.where(valid, loss, 0.0), indices=indices[:real], score=score
-            )
+            # A row without labels: no score, weight 0 (its loss, 0 or nan, is masked out).
+            loss = torch.where(valid, per.loss[:real], 0.0)
+            mean = self.infobatch.update(loss, indices=indices[:real], valid=valid)
             total = mean * (real / max(group.labelled, 1))
         if real < per.loss.shape[0]:  # fillers: in the graph (DDP needs every rank's grads)
             total = total + 0.0 * per.loss[real:].sum()
@@ -548,7 +565,6 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
             "world_size": self.args.world_size,
             "rank": self.args.process_index,
             "infobatch": self.infobatch.state_dict(),
-            "progress": self.infobatch_progress.state_dict(),
         }
         torch.save(state, os.path.join(folder, STATE_FILE.format(rank=self.args.process_index)))
 
@@ -591,7 +607,7 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
                 "it was not written by InfoBatchTrainer, so the pruning state cannot be resumed"
             )
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in (1, _STATE_VERSION):
             raise ValueError(
                 f"unsupported InfoBatchTrainer state version {state.get('version')!r} in {path}"
             )
@@ -599,7 +615,6 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
             path = first
             state = torch.load(first, map_location="cpu", weights_only=False)
         self.infobatch.load_state_dict(state["infobatch"])
-        self.infobatch_progress.load_state_dict(state["progress"])
         self._infobatch_next_epoch = self.infobatch.epoch
 
     # ------------------------------------------------------------------ logs

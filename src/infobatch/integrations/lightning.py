@@ -41,11 +41,21 @@ Why each piece (Lightning 2.6, measured):
 * The loader's length counts the batches a mid-epoch checkpoint had already trained, so the
   resumed epoch runs exactly its remaining batches (Lightning counts from the restored batch
   index) and the epoch's last batch is known in advance (the last accumulation group steps).
-* The schedule follows the fraction of epochs done (:class:`ProgressLR`): sized with
-  ``estimated_stepping_batches`` it would be fixed from the first loaded epoch's length.
+* Step schedules follow the fraction of epochs done (:class:`ProgressLR` over
+  :class:`SamplerProgress`): a step-count schedule would be sized once, from the first
+  loaded epoch's length, and end early. ``steps`` may also be
+  ``self.trainer.estimated_stepping_batches`` (full-data steps on a fresh run; a resumed
+  run re-sizes it from the resumed epoch, which changes nothing for schedules written in
+  ``pos / steps``, such as the one above, and shifts step-count warmups).
 * The callback's checkpoint state holds every rank's InfoBatch state mid-epoch (the scores
   each rank recorded before the checkpoint are merged only at the epoch's end), so a run
-  resumed mid-epoch with the same number of processes continues exactly.
+  resumed mid-epoch with the same number of processes continues exactly. The loader
+  implements Lightning's ``state_dict``/``load_state_dict`` protocol (its state: the epoch
+  and position the sampler resumes at, checked on load), so Lightning knows it resumes
+  mid-epoch and does not warn that the dataloader "is not resumable".
+* Settings that cut epochs short are refused with the fix: ``limit_train_batches``,
+  ``overfit_batches``, ``fast_dev_run``, ``max_steps``, a step-interval scheduler other than
+  :class:`ProgressLR`.
 """
 
 from __future__ import annotations
@@ -53,14 +63,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import torch.distributed as dist
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from ..errors import InfoBatchError
+from ..lifecycle import Phase
 from ..sampler import InfoBatchSampler
-from ._loader import infobatch_sampler_of
-from .progress import EpochProgress, LrLambda, ProgressLR
+from ._loader import infobatch_sampler_of, load_rank_state, rank_states
+from .progress import LrLambda, ProgressLR, SamplerProgress
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -83,35 +93,65 @@ class InfoBatchLoader:
     """
 
     def __init__(self, loader: DataLoader[Any], callback: InfoBatchCallback) -> None:
-        self.loader = loader
         self.sampler = infobatch_sampler_of(loader, "InfoBatchCallback.loader()")
+        if loader.batch_size is None:
+            raise TypeError(
+                "InfoBatchCallback.loader() needs a DataLoader with batch_size= (not a "
+                "batch_sampler): the batches of a resumed epoch are counted in batch_size units"
+            )
+        self.batch_size: int = loader.batch_size
+        self.loader = loader
         self.dataset = loader.dataset
         self.callback = callback
 
     def __len__(self) -> int:
         self.callback._restore_pending()
         remaining = len(self.loader)  # plans the epoch the next iteration trains, if needed
-        return self.callback._offset(self.sampler.epoch) + remaining
+        # Positions before this pass: those a mid-epoch checkpoint had trained (whole batches).
+        before = self.sampler.epoch_length - len(self.sampler)
+        return before // self.batch_size + remaining
 
     def __iter__(self) -> Iterator[Any]:
         self.callback._restore_pending()
-        remaining = len(self.loader)
-        self.callback.progress.begin(self.sampler.epoch, remaining=remaining)
         return iter(self.loader)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the sampler resumes: ``{"epoch": e, "position": p}``.
+
+        The InfoBatch state itself is in the callback's checkpoint state (every rank's part);
+        this small record lets Lightning treat the loader as resumable and is checked on load.
+        """
+        sampler = self.sampler
+        if sampler.phase is Phase.COMPLETE:
+            return {"epoch": sampler.epoch + 1, "position": 0}
+        return {"epoch": sampler.epoch, "position": sampler.position}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Check that the callback restored the sampler where the checkpoint left it."""
+        self.callback._restore_pending()
+        expected = {"epoch": int(state_dict["epoch"]), "position": int(state_dict["position"])}
+        found = self.state_dict()
+        if found != expected:
+            raise InfoBatchError(
+                f"the checkpoint's training loader resumes at epoch {expected['epoch']}, "
+                f"position {expected['position']}, but the InfoBatch sampler stands at epoch "
+                f"{found['epoch']}, position {found['position']}: its state was not restored. "
+                "Resume with an InfoBatchCallback in Trainer(callbacks=...) and build the "
+                "InfoBatch dataset in setup() with the same settings"
+            )
 
 
 class InfoBatchCallback(Callback):  # type: ignore[misc]
     """Wires an InfoBatch sampler into Lightning: loader, schedule progress, checkpoints.
 
     See the module docstring for the lines to write. The callback's checkpoint state is the
-    InfoBatch state (every rank's, mid-epoch) and the progress through the current epoch.
+    InfoBatch state (every rank's, mid-epoch).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.progress = EpochProgress(1)
         self._sampler: InfoBatchSampler | None = None
-        self._resumed: tuple[int, int] | None = None  # (epoch, batches done) of a checkpoint
+        self._progress: SamplerProgress | None = None
         self._pending: dict[str, Any] | None = None
 
     @staticmethod
@@ -133,12 +173,14 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
                 "train_dataloader() returned a loader over another InfoBatch sampler than "
                 "before; build the InfoBatch dataset once (in setup()) and reuse it"
             )
+        self._progress = SamplerProgress(wrapped.sampler)  # needs num_epochs (not iterations)
         self._sampler = wrapped.sampler
-        epochs = wrapped.sampler.num_epochs
-        if epochs is None:
-            raise ValueError("InfoBatchCallback trains by epochs: build InfoBatch with num_epochs")
-        self.progress.num_epochs = epochs
         return wrapped
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the run's epochs done (0 until the training loader is built)."""
+        return self._progress.fraction if self._progress is not None else 0.0
 
     def scheduler(
         self, optimizer: Optimizer, lr_lambda: LrLambda, schedule_steps: int
@@ -149,17 +191,37 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
         a ``schedule_steps``-step schedule (full-data steps, see
         :func:`~infobatch.integrations.progress.full_data_steps`). Use ``"interval": "step"``.
         """
-        progress = self.progress
-        return ProgressLR(optimizer, lr_lambda, schedule_steps, lambda: progress.fraction)
+        return ProgressLR(optimizer, lr_lambda, schedule_steps, lambda: self.fraction)
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage == "fit" and trainer.reload_dataloaders_every_n_epochs != 1:
+        if stage != "fit":
+            return
+        if trainer.reload_dataloaders_every_n_epochs != 1:
             raise InfoBatchError(
                 "InfoBatchCallback needs Trainer(reload_dataloaders_every_n_epochs=1): pruned "
                 "epochs have different lengths, and Lightning reads a training loader's length "
                 "only when it loads the loader (it would cut longer epochs to a stale count)"
             )
+        cut = _epoch_cutting_setting(trainer)
+        if cut is not None:
+            raise InfoBatchError(
+                f"InfoBatchCallback cannot train with Trainer({cut}): it stops epochs before "
+                "their end, so InfoBatch's epochs would be broken off (their last samples never "
+                "scored, the schedule never at its end). Leave it unset; to train on fewer "
+                "samples, wrap a torch.utils.data.Subset of your dataset in InfoBatch, and for "
+                "fewer steps, set max_epochs (and the InfoBatch num_epochs) lower"
+            )
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        for config in getattr(trainer, "lr_scheduler_configs", []):
+            if config.interval == "step" and not isinstance(config.scheduler, ProgressLR):
+                raise InfoBatchError(
+                    f"the {type(config.scheduler).__name__} scheduler steps every batch and "
+                    "counts steps, but pruned epochs have fewer steps, so it would stop short of "
+                    "its end; build it with InfoBatchCallback.find(self.trainer).scheduler("
+                    "optimizer, lr_lambda, steps) (a ProgressLR), or step it per epoch"
+                )
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         loader = trainer.train_dataloader
@@ -171,25 +233,12 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
                 "otherwise swap the sampler under DDP and cut epochs to a stale length"
             )
 
-    def on_train_batch_start(
-        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
-    ) -> None:
-        self.progress.advance()  # before the step: the schedule sees this batch as done
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Progress, and every rank's InfoBatch state (gathered mid-epoch, see the module)."""
-        sampler = self._sampler
-        if sampler is None:
+        """Every rank's InfoBatch state (gathered mid-epoch, see the module docstring)."""
+        if self._sampler is None:
             return {}
-        state = sampler.state_dict()
-        parts = [state]
-        world = sampler.num_replicas
-        if state["plan"] is not None and world > 1 and dist.is_initialized():
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, state)
-            parts = gathered
-        return {"progress": self.progress.state_dict(), "world_size": world, "ranks": parts}
+        return rank_states(self._sampler)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the state; it is applied when the training loader is first used."""
@@ -200,16 +249,19 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
         if state is None or sampler is None:
             return
         self._pending = None
-        parts = state["ranks"]
-        rank = sampler.rank
-        mine = parts[rank] if len(parts) > 1 and rank < len(parts) else parts[0]
-        sampler.load_state_dict(mine)
-        self.progress.load_state_dict(state["progress"])
-        progress = self.progress
-        if mine["plan"] is not None and 0 < progress.done < progress.total:
-            self._resumed = (progress.epoch, progress.done)
+        load_rank_state(sampler, state)
 
-    def _offset(self, epoch: int) -> int:
-        """Batches of ``epoch`` trained before the mid-epoch checkpoint this run resumed from."""
-        resumed = self._resumed
-        return resumed[1] if resumed is not None and resumed[0] == epoch else 0
+
+def _epoch_cutting_setting(trainer: Any) -> str | None:
+    """The Trainer setting that stops training epochs before their end, if any."""
+    if getattr(trainer, "fast_dev_run", False):
+        return f"fast_dev_run={trainer.fast_dev_run}"
+    if getattr(trainer, "overfit_batches", 0):
+        return f"overfit_batches={trainer.overfit_batches}"
+    limit = getattr(trainer, "limit_train_batches", 1.0)
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):
+        return f"limit_train_batches={limit}"
+    max_steps = getattr(trainer, "max_steps", -1)
+    if max_steps is not None and max_steps != -1:
+        return f"max_steps={max_steps}"
+    return None

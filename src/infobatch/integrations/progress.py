@@ -3,9 +3,10 @@
 A framework sizes a step-based schedule once, from the first epoch's length; InfoBatch's pruned
 epochs are shorter and their lengths are not known in advance, so such a schedule ends early.
 :class:`ProgressLR` evaluates the same schedule at ``progress() * schedule_steps`` after every
-optimizer step, where ``progress()`` is the fraction of the run's epochs done
-(:class:`EpochProgress`). Without pruning it reproduces the step-based schedule exactly; with
-pruning its last step reaches the schedule's end.
+optimizer step, where ``progress()`` is the fraction of the run's epochs done, read from the
+sampler by :class:`SamplerProgress` (nothing to count, nothing to checkpoint). Without pruning
+it reproduces the step-based schedule exactly; with pruning its last step reaches the
+schedule's end.
 """
 
 from __future__ import annotations
@@ -17,72 +18,115 @@ from typing import Any, Callable, Union
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-__all__ = ["EpochProgress", "ProgressLR", "full_data_steps"]
+from ..dataset import InfoBatch
+from ..lifecycle import Phase
+from ..sampler import InfoBatchSampler
+
+__all__ = ["ProgressLR", "SamplerProgress", "epochs_of", "full_data_steps"]
 
 LrLambda = Callable[..., float]
 
 
-class EpochProgress:
-    """Fraction of a run done, counted in epochs and in units (batches, steps) within an epoch.
+def epochs_of(sampler: InfoBatchSampler) -> int:
+    """The sampler's ``num_epochs``; the integrations train by epochs, not iterations."""
+    if sampler.num_epochs is None:
+        raise ValueError(
+            "the framework integrations train by epochs: build InfoBatch with num_epochs, "
+            "not num_iterations"
+        )
+    return sampler.num_epochs
 
-    ``fraction = (epoch + done / total) / num_epochs``, where ``total`` is the current epoch's
-    number of units (which varies from epoch to epoch). An epoch's last unit brings the
-    fraction to ``(epoch + 1) / num_epochs`` exactly, whatever the epoch's length.
+
+class SamplerProgress:
+    """Fraction of a run done, read from an InfoBatch sampler's public state.
+
+    ``fraction = (epoch + done / total) / num_epochs`` for the sampler's current epoch, where
+    ``done`` and ``total`` count, on this rank, the samples whose losses reached ``update()``
+    (``sampler.position``) out of the epoch's planned ones (``sampler.epoch_length``); with
+    ``batch_size`` they count the optimizer steps those samples make instead (batches of
+    ``batch_size``, ``accumulation`` batches per step, the epoch's last group stepping too).
+    An epoch whose last update arrived counts whole. Every rank gets the same value at the same
+    step (the ranks' shares have equal lengths).
+
+    The sampler's checkpoint holds its epoch and position, so this object has no state of its
+    own: a resumed run continues from the fraction the checkpoint was taken at. Losses count
+    when they reach ``update()``, not when a loader prefetches their batch.
 
     Args:
-        num_epochs (int): epochs in the run, at least 1.
+        sampler (InfoBatchSampler or InfoBatch): the run's sampler (or the dataset holding it).
+        batch_size (int, optional): the loader's batch size per rank; counts optimizer steps
+            instead of samples. Default: ``None`` (samples).
+        accumulation (int, optional): batches per optimizer step, with ``batch_size``.
+            Default: ``1``.
+
+    Raises:
+        ValueError: the sampler is iteration-based (built with ``num_iterations``).
 
     Example::
 
-        >>> p = EpochProgress(num_epochs=2)
-        >>> p.start_epoch(0, total=4); p.advance(2); p.fraction
-        0.25
-        >>> p.start_epoch(1, total=3); p.advance(3); p.fraction
-        1.0
+        >>> sampler = InfoBatchSampler(10, num_epochs=2, seed=0)
+        >>> progress = SamplerProgress(sampler, batch_size=4)  # 3 batches: 3 steps an epoch
+        >>> indices = list(sampler)                              # epoch 0 on this rank
+        >>> _ = sampler.update(torch.ones(4))                    # its first batch's losses
+        >>> progress.fraction                                    # (0 + 1/3) / 2
+        0.16666666666666666
     """
 
-    def __init__(self, num_epochs: int) -> None:
-        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-            raise ValueError(f"Invalid num_epochs {num_epochs!r}, num_epochs should be >= 1")
-        self.num_epochs = num_epochs
-        self.epoch = 0
-        self.done = 0
-        self.total = 0
+    def __init__(
+        self,
+        sampler: Union[InfoBatchSampler, InfoBatch[Any]],
+        *,
+        batch_size: int | None = None,
+        accumulation: int = 1,
+    ) -> None:
+        if isinstance(sampler, InfoBatch):
+            sampler = sampler.sampler
+        if not isinstance(sampler, InfoBatchSampler):
+            raise TypeError(
+                f"SamplerProgress needs an InfoBatchSampler or InfoBatch, got "
+                f"{type(sampler).__name__}"
+            )
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise ValueError(f"Invalid batch_size {batch_size}, batch_size should be >= 1")
+        if isinstance(accumulation, bool) or accumulation < 1:
+            raise ValueError(f"Invalid accumulation {accumulation}, accumulation should be >= 1")
+        epochs_of(sampler)  # fails now, with the fix, for an iteration-based sampler
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.accumulation = accumulation
 
-    def start_epoch(self, epoch: int, total: int, done: int = 0) -> None:
-        """Epoch ``epoch`` has ``total`` units, of which ``done`` are already done (resume)."""
-        if not 0 <= done <= total:
-            raise ValueError(f"Invalid done {done}, done should be in the interval [0, {total}]")
-        self.epoch, self.total, self.done = epoch, total, done
+    def units(self, samples: int) -> int:
+        """Units (samples, or optimizer steps with ``batch_size``) of an epoch of ``samples``."""
+        if self.batch_size is None:
+            return samples
+        batches = (
+            samples // self.batch_size
+            if self.sampler.drop_last
+            else math.ceil(samples / self.batch_size)
+        )
+        return math.ceil(batches / self.accumulation)
 
-    def begin(self, epoch: int, remaining: int) -> None:
-        """An iteration of ``epoch`` with ``remaining`` units starts.
-
-        If this is the epoch recorded here with units done (a mid-epoch checkpoint was loaded
-        into this object), those count too; otherwise the epoch starts from nothing.
-        """
-        done = self.done if epoch == self.epoch and self.done < self.total else 0
-        self.start_epoch(epoch, total=done + remaining, done=done)
-
-    def advance(self, units: int = 1) -> None:
-        """``units`` more units of the current epoch are done (capped at the epoch's total)."""
-        self.done = min(self.done + units, self.total)
+    @property
+    def done(self) -> int:
+        """Units of the current epoch done on this rank."""
+        if self.batch_size is None:
+            return self.sampler.position
+        return math.ceil(self.sampler.position / (self.batch_size * self.accumulation))
 
     @property
     def fraction(self) -> float:
         """Fraction of the run done, in ``[0, 1]``."""
-        within = self.done / self.total if self.total else 0.0
-        return min(1.0, max(0.0, (self.epoch + within) / self.num_epochs))
+        sampler = self.sampler
+        total = self.units(sampler.epoch_length)
+        if sampler.phase is Phase.COMPLETE:
+            within = 1.0
+        else:
+            within = min(self.done, total) / total if total else 0.0
+        return min(1.0, max(0.0, (sampler.epoch + within) / epochs_of(sampler)))
 
-    def state_dict(self) -> dict[str, int]:
-        """Epoch and units done (the total is re-derived when the epoch starts again)."""
-        return {"epoch": self.epoch, "done": self.done, "total": self.total}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore :meth:`state_dict` output."""
-        self.epoch = int(state["epoch"])
-        self.done = int(state["done"])
-        self.total = int(state["total"])
+    def __call__(self) -> float:
+        """:attr:`fraction` (so the object can be passed as ``ProgressLR(progress=...)``)."""
+        return self.fraction
 
 
 class ProgressLR(LRScheduler):
