@@ -18,7 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from infobatch import Selection, SoftPruning
+from infobatch import KEPT, Selection, SoftPruning
+from infobatch.rng import random_permutation
+from infobatch.rule import count_scored
 
 __all__ = ["DynamicRandom", "StaticRandom", "NoRescale"]
 
@@ -28,10 +30,6 @@ def _check_count(name: str, count: int, num_samples: int) -> None:
         raise TypeError(f"{name} must be an int, got {type(count).__name__}")
     if not 0 <= count <= num_samples:
         raise ValueError(f"Invalid {name} {count}, {name} should be in [0, {num_samples}]")
-
-
-def _num_scored(scores: Tensor) -> int:
-    return int(torch.count_nonzero(~torch.isnan(scores)))
 
 
 class DynamicRandom:
@@ -62,12 +60,11 @@ class DynamicRandom:
         num_samples = scores.numel()
         count = self.kept_counts[self.calls]
         _check_count("kept count", count, num_samples)
-        chosen = torch.randperm(num_samples, generator=generator, device=scores.device)[:count]
-        keep = torch.zeros(num_samples, dtype=torch.bool, device=scores.device)
-        keep[chosen] = True
+        chosen = random_permutation(num_samples, generator, scores.device)[:count]
+        status = torch.zeros(num_samples, dtype=torch.int8, device=scores.device)  # PRUNED
+        status[chosen] = KEPT
         self.calls += 1
-        none = torch.zeros_like(keep)
-        return Selection(keep, none, 1.0, float("nan"), _num_scored(scores), 0)
+        return Selection(status, 1.0, float("nan"), count_scored(scores), 0)
 
 
 class StaticRandom:
@@ -99,9 +96,8 @@ class StaticRandom:
             keep = torch.zeros(num_samples, dtype=torch.bool)
             keep[chosen] = True
             self._keep = keep
-        keep = self._keep.to(scores.device)
-        none = torch.zeros_like(keep)
-        return Selection(keep.clone(), none, 1.0, float("nan"), _num_scored(scores), 0)
+        status = self._keep.to(device=scores.device, dtype=torch.int8)  # KEPT or PRUNED
+        return Selection(status, 1.0, float("nan"), count_scored(scores), 0)
 
 
 class NoRescale:
@@ -118,8 +114,7 @@ class NoRescale:
         """Soft pruning's kept set; no sample is up-weighted."""
         chosen = self.soft.select(scores, generator)
         return Selection(
-            chosen.keep,
-            torch.zeros_like(chosen.keep),
+            chosen.status.clamp_(max=KEPT),  # UPWEIGHTED -> KEPT
             1.0,
             chosen.threshold,
             chosen.num_scored,

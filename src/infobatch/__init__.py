@@ -9,7 +9,7 @@ from .iterations import iterations
 from .lifecycle import EpochLifecycle, Phase
 from .plan import EpochPlan, build_plan
 from .rng import epoch_generator
-from .rule import KeepAll, PruningRule, Selection, SoftPruning
+from .rule import KEPT, PRUNED, UPWEIGHTED, KeepAll, PruningRule, Selection, SoftPruning
 from .sampler import STATE_VERSION, InfoBatchSampler
 from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable
@@ -29,7 +29,9 @@ __all__ = [
     "InfoBatchError",
     "InfoBatchSampler",
     "IterationSchedule",
+    "KEPT",
     "KeepAll",
+    "PRUNED",
     "PendingReduce",
     "Phase",
     "PruningRule",
@@ -39,6 +41,7 @@ __all__ = [
     "Selection",
     "SoftPruning",
     "TorchCollectives",
+    "UPWEIGHTED",
     "build_plan",
     "epoch_generator",
     "iterations",

@@ -8,12 +8,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .rule import KeepAll, PruningRule, Selection, split_in_chunks
+from .rng import check_generator, random_permutation
+from .rule import (
+    KEPT,
+    PRUNED,
+    UPWEIGHTED,
+    KeepAll,
+    PruningRule,
+    Selection,
+    chunk_size,
+    split_in_chunks,
+)
 
 __all__ = ["EpochPlan", "build_plan", "index_dtype", "PRUNED", "KEPT", "UPWEIGHTED"]
-
-#: Values of :attr:`EpochPlan.status`.
-PRUNED, KEPT, UPWEIGHTED = 0, 1, 2
 
 
 def index_dtype(num_samples: int) -> torch.dtype:
@@ -103,22 +110,40 @@ def build_plan(
 
     The kept indices, in ascending order, are put in a uniformly random order by one
     permutation of their count: the same distribution as filtering a permutation of all ``N``
-    samples, at a fraction of the cost. Deterministic given ``generator``. O(N), no sort, and
-    no ``N``-sized ``int64`` temporaries.
+    samples, at a fraction of the cost. O(N), no sort, and no ``N``-sized ``int64`` temporaries.
+
+    Deterministic given ``generator``, which must be a CPU generator (as
+    :func:`~infobatch.epoch_generator` makes): every random draw is made on the CPU and its
+    result copied to ``scores.device``, where the plan's tensors live, so the same
+    ``(generator state, scores)`` give the same plan on any device. (One caveat outside the
+    randomness: devices sum the float64 mean in different orders; its last bit can differ,
+    which moves the float32 threshold only if the mean lies within that rounding of a float32
+    number, and then changes only samples whose score is exactly that number.) On an
+    accelerator, drawing on the CPU costs one host-to-device copy per epoch of 1 byte per sample
+    (the coin flips' mask) and 4 bytes per kept sample (the shuffle's ``int32`` permutation,
+    drawn by the CPU's ``randperm``).
+
+    Memory: besides the plan itself (the ``int8`` status, 1 byte per sample, and the ``int32``
+    order, 4 bytes per kept sample), the peak holds one more ``int32`` array of the kept count
+    (the kept indices, freed before returning) and chunk-sized temporaries.
+
+    Raises:
+        ValueError: ``generator`` is not a CPU generator, or the rule's status is not one
+            ``PRUNED``/``KEPT``/``UPWEIGHTED`` per sample on ``scores.device``.
     """
+    check_generator(generator)
     n = scores.numel()
     dtype = index_dtype(n)
     selection: Selection = (rule or KeepAll()).select(scores, generator)
+    _check_status(selection.status, scores)
     if rule is None:
-        order = torch.randperm(n, generator=generator, device=scores.device, dtype=dtype)
+        order = random_permutation(n, generator, scores.device, dtype)
     else:
-        order = _shuffled_kept(selection.keep, generator, dtype)
-    status = selection.keep.to(torch.int8)
-    status += selection.upweighted  # bool adds as 0/1
+        order = _shuffled_kept(selection.status, generator, dtype)
     return EpochPlan(
         epoch=epoch,
         order=order,
-        status=status,
+        status=selection.status,
         weight=selection.weight,
         threshold=selection.threshold,
         num_scored=selection.num_scored,
@@ -127,29 +152,51 @@ def build_plan(
     )
 
 
-def _kept_indices(keep: Tensor, dtype: torch.dtype) -> Tensor:
-    """Ascending indices of ``keep``'s ``True`` entries as ``dtype``, found a chunk at a time.
+def _check_status(status: Tensor, scores: Tensor) -> None:
+    """A rule's status must be ``[N]``, on the scores' device, valued in ``{0, 1, 2}``."""
+    if status.shape != scores.shape or status.device != scores.device:
+        raise ValueError(
+            f"the rule's status has shape {tuple(status.shape)} on {status.device}; it must "
+            f"have one entry per sample, shape {tuple(scores.shape)}, on {scores.device}"
+        )
+    if status.numel():
+        low, high = (int(v) for v in torch.aminmax(status))
+        if low < PRUNED or high > UPWEIGHTED:
+            raise ValueError(
+                f"the rule's status holds values from {low} to {high}; each must be PRUNED "
+                f"({PRUNED}), KEPT ({KEPT}) or UPWEIGHTED ({UPWEIGHTED})"
+            )
 
-    ``torch.nonzero`` returns ``int64`` (and ``masked_select`` allocates several ``N``-sized
-    buffers); chunking bounds the ``int64`` temporary to a chunk.
+
+def _kept_indices(status: Tensor, dtype: torch.dtype) -> Tensor:
+    """Ascending indices of ``status``'s nonzero (not ``PRUNED``) entries as ``dtype``.
+
+    Found a chunk at a time: ``torch.nonzero`` returns ``int64`` (and ``masked_select``
+    allocates several ``N``-sized buffers); chunking bounds the ``int64`` temporary to a chunk.
     """
-    chunks = split_in_chunks(keep)
-    if len(chunks) == 1:
-        return torch.nonzero(keep).view(-1).to(dtype)
-    kept = torch.empty(int(torch.count_nonzero(keep)), dtype=dtype, device=keep.device)
+    kept = torch.empty(int(torch.count_nonzero(status)), dtype=dtype, device=status.device)
     start = filled = 0
-    for chunk in chunks:
+    for chunk in split_in_chunks(status):
         part = torch.nonzero(chunk).view(-1)
-        kept[filled : filled + part.numel()].copy_(part).add_(start)
+        torch.add(part, start, out=kept[filled : filled + part.numel()])
         filled += part.numel()
         start += chunk.numel()
     return kept
 
 
-def _shuffled_kept(keep: Tensor, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
-    """The indices of ``keep``'s ``True`` entries in a uniformly random order from ``generator``."""
-    kept = _kept_indices(keep, dtype)
-    permutation = torch.randperm(
-        kept.numel(), generator=generator, device=kept.device, dtype=kept.dtype
-    )
-    return torch.index_select(kept, 0, permutation)
+def _shuffled_kept(status: Tensor, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """The indices of ``status``'s kept entries in a uniformly random order from ``generator``.
+
+    ``order[i] = kept[permutation[i]]``, gathered in place into the permutation a chunk at a
+    time, so at most the kept indices, the permutation and one chunk are alive at once
+    (``8 K`` bytes plus a chunk, for ``K`` kept samples and ``int32`` indices).
+    """
+    kept = _kept_indices(status, dtype)
+    order = random_permutation(kept.numel(), generator, kept.device, dtype)
+    buffer_size = min(chunk_size(order.numel(), order.device), order.numel())
+    gathered = torch.empty(buffer_size, dtype=dtype, device=order.device)
+    for chunk in split_in_chunks(order):
+        part = gathered[: chunk.numel()]
+        torch.index_select(kept, 0, chunk, out=part)
+        chunk.copy_(part)
+    return order

@@ -1,18 +1,46 @@
 """Pruning rules: which samples an epoch keeps and which kept samples are up-weighted.
 
-A rule is any object with ``select(scores, generator) -> Selection``. The InfoBatch rule is
-:class:`SoftPruning`; other policies (random baselines, budgets) plug in the same way.
+A rule is any object with ``select(scores, generator) -> Selection``: it returns one ``int8``
+status per sample (:data:`PRUNED`, :data:`KEPT` or :data:`UPWEIGHTED`), the weight of the
+up-weighted samples and a few statistics. The InfoBatch rule is :class:`SoftPruning`; other
+policies (random baselines, budgets, bandits) plug in the same way, e.g.::
+
+    class KeepRandomHalf:
+        def select(self, scores, generator):
+            keep = infobatch.rng.random_mask(scores.numel(), 0.5, generator, scores.device)
+            return Selection(keep.to(torch.int8), 1.0, float("nan"), count_scored(scores), 0)
+
+(a ``bool`` mask converted to ``int8`` is exactly ``KEPT`` where ``True``, ``PRUNED`` elsewhere).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["Selection", "PruningRule", "SoftPruning", "KeepAll"]
+from .rng import random_mask
+
+__all__ = [
+    "Selection",
+    "PruningRule",
+    "SoftPruning",
+    "KeepAll",
+    "PRUNED",
+    "KEPT",
+    "UPWEIGHTED",
+    "count_scored",
+]
+
+#: Status of a sample not trained on this epoch.
+PRUNED = 0
+#: Status of a sample trained on with weight 1.
+KEPT = 1
+#: Status of a sample trained on with its loss multiplied by :attr:`Selection.weight`.
+UPWEIGHTED = 2
 
 
 @dataclass(frozen=True)
@@ -20,28 +48,61 @@ class Selection:
     """What a rule decided for one epoch.
 
     Attributes:
-        keep: bool tensor ``[N]``, ``True`` for samples trained on this epoch.
-        upweighted: bool tensor ``[N]``, kept samples whose loss is multiplied by ``weight``.
-        weight: the factor applied to up-weighted samples (every other kept sample has 1).
-        threshold: the score threshold used (``nan`` when nothing was scored or nothing pruned).
-        num_scored: samples with a score when the rule ran.
-        num_well_learned: scored samples below the threshold (candidates for pruning).
+        status: ``int8`` tensor ``[N]`` on the scores' device, one of :data:`PRUNED` (0, not
+            trained on this epoch), :data:`KEPT` (1, weight 1) or :data:`UPWEIGHTED` (2, loss
+            multiplied by ``weight``). One byte per sample: a rule need not build any other
+            ``N``-sized mask. :func:`~infobatch.build_plan` takes it over, without a copy, as
+            the plan's status, so return a fresh tensor each call and do not modify it later.
+        weight: the factor applied to up-weighted samples, finite and positive.
+        threshold: the score threshold used (``nan`` when there is none).
+        num_scored: samples with a score (not ``nan``) when the rule ran.
+        num_well_learned: scored samples the rule considered for pruning (below the threshold).
     """
 
-    keep: Tensor
-    upweighted: Tensor
+    status: Tensor
     weight: float
     threshold: float
     num_scored: int
     num_well_learned: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, Tensor) or self.status.dtype != torch.int8:
+            kind = getattr(self.status, "dtype", type(self.status).__name__)
+            raise TypeError(
+                f"Selection.status must be an int8 tensor of PRUNED/KEPT/UPWEIGHTED, got {kind} "
+                "(a bool keep mask becomes one with keep.to(torch.int8))"
+            )
+        if self.status.ndim != 1:
+            raise ValueError(
+                f"Selection.status must have one entry per sample, got shape "
+                f"{tuple(self.status.shape)}"
+            )
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"Selection.weight must be finite and positive, got {self.weight}")
+
+    @property
+    def keep(self) -> Tensor:
+        """bool ``[N]``: samples trained on this epoch (computed on access)."""
+        return self.status != PRUNED
+
+    @property
+    def upweighted(self) -> Tensor:
+        """bool ``[N]``: samples whose loss is multiplied by ``weight`` (computed on access)."""
+        return self.status == UPWEIGHTED
+
 
 @runtime_checkable
 class PruningRule(Protocol):
-    """Decides an epoch's kept set from the scores (``nan`` = never scored)."""
+    """Decides an epoch's kept set from the scores (``nan`` = never scored).
+
+    ``select`` must be deterministic given ``generator``, a CPU generator whatever device the
+    scores live on: draw randomness with :func:`infobatch.rng.random_mask` /
+    :func:`infobatch.rng.random_permutation` (or on the CPU and move the result), never with
+    ``device=scores.device``, so plans do not depend on the device.
+    """
 
     def select(self, scores: Tensor, generator: torch.Generator) -> Selection:
-        """Return the epoch's :class:`Selection`; must be deterministic given ``generator``."""
+        """Return the epoch's :class:`Selection`, its status on ``scores.device``."""
         ...
 
 
@@ -50,31 +111,54 @@ class KeepAll:
 
     def select(self, scores: Tensor, generator: torch.Generator) -> Selection:
         """Keep everything; consumes no randomness."""
-        n = scores.numel()
-        keep = torch.ones(n, dtype=torch.bool, device=scores.device)
-        upweighted = torch.zeros(n, dtype=torch.bool, device=scores.device)
-        scored = int(torch.count_nonzero(~torch.isnan(scores)))
-        return Selection(keep, upweighted, 1.0, float("nan"), scored, 0)
+        status = torch.full((scores.numel(),), KEPT, dtype=torch.int8, device=scores.device)
+        return Selection(status, 1.0, float("nan"), count_scored(scores), 0)
 
 
-_MIN_CHUNK = 1 << 20
-_MAX_CHUNKS = 16
+_CPU_CHUNK = 1 << 15
+_MIN_CHUNK = 1 << 16
+_MAX_CHUNK = 1 << 20
+_CHUNKS = 16
+
+
+def chunk_size(num_elements: int, device: torch.device) -> int:
+    """Elements per chunk of planning's chunked passes over ``num_elements`` on ``device``.
+
+    On the CPU, 2^15: PyTorch runs an operation on at most 2^15 elements on the calling thread,
+    so planning's hundreds of chunk operations never wait for an OpenMP thread (on a machine
+    whose cores are busy, each multi-threaded operation can wait a scheduler time slice), and
+    a chunk's temporaries stay in the core's cache. Elsewhere, ``N / 16`` clamped to
+    ``[2^16, 2^20]``, so kernel launches and host syncs stay few. Either way a temporary of
+    ``b`` bytes per element made per chunk takes at most ``b * 2^20`` bytes (8 MiB for
+    ``int64``) and never more than ``b / 16`` bytes per sample beyond the first 2^16.
+    """
+    if device.type == "cpu":
+        return _CPU_CHUNK
+    return min(_MAX_CHUNK, max(_MIN_CHUNK, -(-num_elements // _CHUNKS)))
 
 
 def split_in_chunks(values: Tensor) -> tuple[Tensor, ...]:
-    """Views of ``values`` (1-d) in at most 16 pieces of at least 2^20 elements.
+    """Views of ``values`` (1-d) in consecutive chunks of :func:`chunk_size` elements."""
+    return torch.split(values, chunk_size(values.numel(), values.device))
 
-    Bounds an 8-byte-per-element temporary made per piece to ``max(8 MiB, N / 2)`` bytes
-    while keeping the number of (possibly multi-threaded) operations small.
+
+def _scored_sum_and_count(values: Tensor) -> tuple[Tensor, Tensor]:
+    """float64 sum and count of the non-``nan`` ``values`` (device tensors, no host sync).
+
+    Converts a chunk at a time: no ``8 N``-byte float64 copy and no ``N``-sized mask.
     """
-    size = max(_MIN_CHUNK, -(-values.numel() // _MAX_CHUNKS))
-    return torch.split(values, size)
+    sums, counts = [], []
+    for chunk in split_in_chunks(values):
+        sums.append(torch.nansum(chunk, dtype=torch.float64))
+        counts.append(torch.count_nonzero(torch.isnan(chunk)))
+    missing = counts[0] if len(counts) == 1 else torch.stack(counts).sum()
+    total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
+    return total, values.numel() - missing
 
 
-def _nansum64(values: Tensor) -> Tensor:
-    """Sum of the non-nan ``values`` in float64, converting a chunk at a time (no ``8 N`` copy)."""
-    parts = [torch.nansum(chunk, dtype=torch.float64) for chunk in split_in_chunks(values)]
-    return parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+def count_scored(scores: Tensor) -> int:
+    """Number of scored (not ``nan``) entries, counted a chunk at a time (one host sync)."""
+    return int(_scored_sum_and_count(scores)[1])
 
 
 def _round_up(value: Tensor, dtype: torch.dtype) -> Tensor:
@@ -114,17 +198,29 @@ class SoftPruning:
         return 1.0 / (1.0 - self.prune_ratio)
 
     def select(self, scores: Tensor, generator: torch.Generator) -> Selection:
-        """Flip one coin per sample; drop below-mean samples whose coin falls under the ratio."""
-        scored = ~torch.isnan(scores)
-        num_scored_t = torch.count_nonzero(scored)
-        mean = _nansum64(scores) / num_scored_t.clamp(min=1)
-        well_learned = scores < _round_up(mean, scores.dtype)  # nan < x: unscored never pruned
-        coin = torch.rand(scores.shape, generator=generator, device=scores.device)
-        drop = well_learned & (coin < self.prune_ratio)
-        del coin
-        num_scored, num_well = (
-            int(v) for v in torch.stack([num_scored_t, torch.count_nonzero(well_learned)]).tolist()
-        )
+        """Flip one coin per sample; drop below-mean samples whose coin falls under the ratio.
+
+        Works a chunk at a time (see :func:`chunk_size`): besides the 1-byte-per-sample status
+        it returns, it allocates only chunk-sized temporaries. The coins are float32 uniforms
+        drawn from the CPU ``generator`` in sample order (one per sample, scored or not) and
+        compared with ``prune_ratio`` on the CPU; on an accelerator only that comparison's bool
+        mask is copied, 1 byte per sample (see :mod:`infobatch.rng`).
+        """
+        total, num_scored_t = _scored_sum_and_count(scores)
+        mean = total / num_scored_t.clamp(min=1)
+        threshold_t = _round_up(mean, scores.dtype)
+        status = torch.empty(scores.numel(), dtype=torch.int8, device=scores.device)
+        well_counts = []
+        for scores_part, status_part in zip(split_in_chunks(scores), split_in_chunks(status)):
+            well = torch.lt(scores_part, threshold_t)  # nan < x: unscored never pruned
+            drop = random_mask(scores_part.numel(), self.prune_ratio, generator, scores.device)
+            drop &= well
+            # KEPT + 1 = UPWEIGHTED where well-learned, then - 2 = PRUNED where also dropped
+            torch.add(well.view(torch.int8), KEPT, out=status_part)
+            status_part.sub_(drop.view(torch.int8), alpha=UPWEIGHTED)
+            well_counts.append(torch.count_nonzero(well))
+            del well, drop
+        num_well_t = well_counts[0] if len(well_counts) == 1 else torch.stack(well_counts).sum()
+        num_scored, num_well = (int(v) for v in torch.stack([num_scored_t, num_well_t]).tolist())
         threshold = float(mean) if num_scored else float("nan")
-        keep = ~drop
-        return Selection(keep, well_learned & keep, self.weight, threshold, num_scored, num_well)
+        return Selection(status, self.weight, threshold, num_scored, num_well)
