@@ -220,3 +220,21 @@ def test_invalid_samples_get_no_score_weight_zero_and_no_warning() -> None:
     assert sampler.nonfinite_count == 0
     with pytest.raises(TypeError, match="valid must be a bool tensor shaped like loss"):
         sampler.update(torch.rand(4), valid=torch.ones(4))
+
+
+def test_score_momentum_keeps_a_moving_average_and_is_checkpointed() -> None:
+    sampler = InfoBatchSampler(4, num_epochs=4, prune_ratio=0.0, score_momentum=0.75, seed=0)
+    order = list(sampler)
+    sampler.update(torch.tensor([4.0, 8.0, 0.0, 2.0]))  # first scores are stored as they are
+    assert sampler.scores[order].tolist() == [4.0, 8.0, 0.0, 2.0]
+    second = list(sampler)
+    first_score = {i: s for i, s in zip(order, [4.0, 8.0, 0.0, 2.0])}
+    sampler.update(torch.tensor([8.0, 8.0, 8.0, 8.0]))
+    expected = [0.75 * first_score[i] + 0.25 * 8.0 for i in second]
+    assert sampler.scores[second].tolist() == expected
+    state = sampler.state_dict()
+    assert state["score_momentum"] == 0.75
+    with pytest.raises(ValueError, match="saved with score_momentum=0.75"):
+        InfoBatchSampler(4, num_epochs=4, prune_ratio=0.0, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"Invalid score_momentum 1.0, .* interval \[0, 1\)"):
+        InfoBatchSampler(4, num_epochs=4, score_momentum=1.0)

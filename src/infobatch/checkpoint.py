@@ -3,7 +3,7 @@
 A state is a plain dict of primitives and CPU tensors under string keys, with a version key:
 
 * settings: ``num_samples``, ``num_epochs`` or ``num_iterations``, ``prune_ratio``,
-  ``delta``, ``seed``, ``drop_last``, ``num_replicas``, ``batch_size``;
+  ``delta``, ``score_momentum``, ``seed``, ``drop_last``, ``num_replicas``, ``batch_size``;
 * ``iterations_done``: batches trained over the whole run (iteration-based annealing);
 * where training stands: ``epoch`` and ``position`` (losses received in that epoch on this
   rank), and ``plan`` (``None`` at an epoch boundary, where the plan is rebuilt exactly from
@@ -29,7 +29,16 @@ STATE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 _REQUIRED = ("epoch", "position", "plan", "scores", "history")
-_SETTINGS = ("num_samples", "num_epochs", "num_iterations", "prune_ratio", "delta", "drop_last")
+_SETTINGS = (
+    "num_samples",
+    "num_epochs",
+    "num_iterations",
+    "prune_ratio",
+    "delta",
+    "score_momentum",
+    "drop_last",
+)
+_ADDED_SINCE_VERSION_1 = {"num_iterations": None, "score_momentum": 0.0}
 
 
 def plan_state(plan: EpochPlan) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def check_state(state: Any, settings: dict[str, Any]) -> None:
     if missing:
         raise ValueError(f"InfoBatch state is missing keys {sorted(missing)}")
     for key in _SETTINGS:
-        if state.get(key) != settings[key] and not (key == "num_iterations" and version == 1):
+        if state.get(key, _ADDED_SINCE_VERSION_1.get(key)) != settings[key]:
             raise ValueError(
                 f"checkpoint was saved with {key}={state.get(key)!r} but this InfoBatch has "
                 f"{key}={settings[key]!r}; build it with the same settings to resume"

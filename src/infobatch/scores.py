@@ -22,11 +22,24 @@ class ScoreTable:
 
     Args:
         num_samples (int): dataset size.
-        track_updates (bool): keep a mask of samples recorded since the last :meth:`merge`,
-            needed to combine the tables of several ranks (:meth:`start_merge`). Default ``False``.
+        track_updates (bool): keep a mask of samples recorded since the last merge, needed
+            to combine the tables of several ranks (:meth:`start_merge`). Default ``False``.
+        momentum (float): ``0`` (default) stores the latest score, InfoBatch's definition;
+            ``m`` in ``(0, 1)`` stores an exponential moving average ``m * old + (1 - m) *
+            new`` (a sample's first score is stored as it is).
     """
 
-    def __init__(self, num_samples: int, track_updates: bool = False) -> None:
+    def __init__(
+        self, num_samples: int, track_updates: bool = False, momentum: float = 0.0
+    ) -> None:
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+            raise TypeError(f"score_momentum must be a float, got {type(momentum).__name__}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(
+                f"Invalid score_momentum {momentum}, score_momentum should be in the interval "
+                "[0, 1) (0 = the latest loss, InfoBatch's score)"
+            )
+        self.momentum = float(momentum)
         self.values = torch.full((num_samples,), float("nan"), dtype=torch.float32)
         self._finite = torch.zeros((), dtype=torch.int64)  # finite scores received (on device)
         self._saturated = torch.zeros((), dtype=torch.int64)  # float64 scores beyond float32
@@ -72,7 +85,11 @@ class ScoreTable:
             self._saturated.add_(torch.count_nonzero(big))
             scores = scores.clamp(-_FLOAT32_MAX, _FLOAT32_MAX)
         scores = scores.to(torch.float32)
-        recorded = torch.where(finite, scores, self.values.index_select(0, indices))
+        previous = self.values.index_select(0, indices)
+        if self.momentum:
+            average = previous * self.momentum + scores * (1.0 - self.momentum)
+            scores = torch.where(torch.isnan(previous), scores, average)
+        recorded = torch.where(finite, scores, previous)
         self.values.index_put_((indices,), recorded)
         self._finite.add_(torch.count_nonzero(finite))
         self._received += scores.numel()
