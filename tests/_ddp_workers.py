@@ -33,6 +33,8 @@ from infobatch import (
     PendingReduce,
     SavingBudget,
     TorchCollectives,
+    WeightedSampling,
+    class_balanced_weights,
     iterations,
 )
 
@@ -526,11 +528,15 @@ def _epochs_of(dataset: InfoBatch[Any], loader: DataLoader[Any], epochs: int) ->
 def job_control(out_dir: Path, config: dict[str, Any]) -> Record:
     """Iteration-based training and a saving budget, each trained to the end on every rank."""
     results: Record = {}
-    for mode in ("iterations", "budget"):
+    for mode in ("iterations", "budget", "sampling"):
         if mode == "iterations":
             dataset: InfoBatch[Any] = InfoBatch(
                 Blobs(NUM_SAMPLES), None, delta=DELTA, num_iterations=40, seed=SEED
             )
+        elif mode == "sampling":
+            blobs = Blobs(NUM_SAMPLES)
+            sampling = WeightedSampling(class_balanced_weights(blobs.labels), num_draws=150)
+            dataset = InfoBatch(blobs, 8, delta=DELTA, sampling=sampling, seed=SEED)
         else:
             dataset = InfoBatch(
                 Blobs(NUM_SAMPLES), 8, delta=DELTA, rule=SavingBudget(0.3), seed=SEED

@@ -395,11 +395,15 @@ def control(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
     return launch(2, ["control"], tmp_path_factory.mktemp("control"))
 
 
-def test_iteration_mode_and_the_budget_agree_across_ranks(control: list[Record]) -> None:
+def test_iteration_mode_the_budget_and_weighted_draws_agree_across_ranks(
+    control: list[Record],
+) -> None:
     iters = [r["control"]["iterations"] for r in control]
     assert [r["iterations"] for r in iters] == [40, 40]  # exactly the asked iterations
     budget = [r["control"]["budget"] for r in control]
-    for runs in (iters, budget):
+    sampling = [r["control"]["sampling"] for r in control]
+    assert_same_table(sampling[0]["scores"], sampling[1]["scores"])
+    for runs in (iters, budget, sampling):
         assert runs[0]["hashes"] == runs[1]["hashes"] and len(runs[0]["hashes"]) > 3
     # every budgeted epoch ran to its end, so the tables are merged (the iteration run's last
     # pass was cut at the count: its scores stay on the rank that recorded them)

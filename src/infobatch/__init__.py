@@ -11,6 +11,7 @@ from .plan import EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import KEPT, PRUNED, UPWEIGHTED, KeepAll, PruningRule, Selection, SoftPruning
 from .sampler import STATE_VERSION, InfoBatchSampler
+from .sampling import WeightedSampling, class_balanced_weights
 from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable
 from .stats import EpochStats
@@ -41,8 +42,10 @@ __all__ = [
     "Selection",
     "SoftPruning",
     "TorchCollectives",
+    "WeightedSampling",
     "UPWEIGHTED",
     "build_plan",
+    "class_balanced_weights",
     "epoch_generator",
     "iterations",
     "__version__",

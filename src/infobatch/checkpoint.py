@@ -51,6 +51,7 @@ def plan_state(plan: EpochPlan) -> dict[str, Any]:
         "num_scored": plan.num_scored,
         "num_well_learned": plan.num_well_learned,
         "pruning": plan.pruning,
+        "epoch_size": plan.epoch_size,
     }
 
 
@@ -61,7 +62,8 @@ def plan_from_state(
     order, status = state["order"], state["status"]
     if not isinstance(order, Tensor) or not isinstance(status, Tensor):
         raise TypeError("InfoBatch state 'plan' must hold 'order' and 'status' tensors")
-    if status.shape != (num_samples,):
+    epoch_size = state.get("epoch_size")
+    if status.shape != (num_samples,) or order.numel() > (epoch_size or num_samples):
         raise ValueError("InfoBatch state 'plan' does not match the dataset size")
     return EpochPlan(
         epoch=epoch,
@@ -72,6 +74,7 @@ def plan_from_state(
         num_scored=int(state["num_scored"]),
         num_well_learned=int(state["num_well_learned"]),
         pruning=bool(state["pruning"]),
+        epoch_size=None if epoch_size is None else int(epoch_size),
     )
 
 

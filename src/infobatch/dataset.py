@@ -11,6 +11,7 @@ from .context import EpochAwareRule
 from .distributed import Collectives
 from .rule import PruningRule
 from .sampler import IndexLike, InfoBatchSampler
+from .sampling import WeightedSampling
 from .stats import EpochStats
 
 __all__ = ["InfoBatch"]
@@ -41,6 +42,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         delta: float = 0.875,
         *,
         num_iterations: int | None = None,
+        sampling: WeightedSampling | None = None,
         score_momentum: float = 0.0,
         seed: int | None = None,
         drop_last: bool = False,
@@ -72,6 +74,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
             prune_ratio,
             delta,
             num_iterations=num_iterations,
+            sampling=sampling,
             score_momentum=score_momentum,
             seed=seed,
             drop_last=drop_last,

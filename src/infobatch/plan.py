@@ -41,6 +41,9 @@ class EpochPlan:
         num_scored: samples that had a score when the plan was made.
         num_well_learned: scored samples below the threshold.
         pruning: whether the pruning rule ran (``False`` in annealing epochs).
+        epoch_size: sample passes of the full epoch: the dataset size, or the draws of a
+            user's sampling (:class:`~infobatch.WeightedSampling`), whose ``order`` may then
+            repeat a sample. ``None`` means the dataset size.
     """
 
     epoch: int
@@ -51,20 +54,21 @@ class EpochPlan:
     num_scored: int
     num_well_learned: int
     pruning: bool
+    epoch_size: int | None = None
 
     @property
     def num_samples(self) -> int:
-        """Size of the dataset."""
-        return self.status.numel()
+        """Sample passes of the full epoch (the dataset size unless draws were composed)."""
+        return self.status.numel() if self.epoch_size is None else self.epoch_size
 
     @property
     def num_kept(self) -> int:
-        """Samples trained on this epoch (before any distributed padding)."""
+        """Sample passes trained this epoch (before any distributed padding)."""
         return self.order.numel()
 
     @property
     def num_pruned(self) -> int:
-        """Samples skipped this epoch."""
+        """Sample passes skipped this epoch."""
         return self.num_samples - self.num_kept
 
     def weights_of(self, indices: Tensor) -> Tensor:
@@ -100,6 +104,7 @@ class EpochPlan:
             self.num_scored,
             self.num_well_learned,
             self.pruning,
+            self.epoch_size,
         )
 
 

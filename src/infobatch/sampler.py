@@ -30,6 +30,7 @@ from .lifecycle import EpochLifecycle, Phase
 from .plan import UPWEIGHTED, EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
+from .sampling import WeightedSampling
 from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable
 from .stats import EpochStats, saved_fraction
@@ -140,6 +141,9 @@ class InfoBatchSampler(Sampler[int]):
         collectives (Collectives, optional): cross-rank operations; by default a
             :class:`TorchCollectives` when a process group with ``num_replicas`` ranks is
             initialised. Pass a fake to test several ranks in one process.
+        sampling (WeightedSampling, optional): your own sampling distribution (e.g.
+            class-balanced): each epoch draws from it, then prunes the draws of pruned samples
+            (see :mod:`infobatch.sampling`). Default: every sample once per epoch.
         score_momentum (float, optional): ``0`` scores each sample by its latest loss
             (InfoBatch's definition); ``m`` in ``(0, 1)`` by an exponential moving average
             ``m * old + (1 - m) * loss``, steadier under augmentation noise. Default: ``0``.
@@ -173,6 +177,7 @@ class InfoBatchSampler(Sampler[int]):
         delta: float = 0.875,
         *,
         num_iterations: int | None = None,
+        sampling: WeightedSampling | None = None,
         score_momentum: float = 0.0,
         seed: int | None = None,
         drop_last: bool = False,
@@ -211,6 +216,18 @@ class InfoBatchSampler(Sampler[int]):
             else IterationSchedule(num_iterations, delta)  # type: ignore[arg-type]
         )
         self._iterations_done = 0  # update() calls (batches) over the whole run
+        if sampling is not None and not isinstance(sampling, WeightedSampling):
+            raise TypeError(
+                f"sampling must be a WeightedSampling, got {type(sampling).__name__}; to "
+                "compose your own sampler, give its per-sample weights: "
+                "WeightedSampling(weights, num_draws)"
+            )
+        if sampling is not None and sampling.weights.numel() != num_samples:
+            raise ValueError(
+                f"sampling has {sampling.weights.numel()} weights but the dataset has "
+                f"{num_samples} samples; give one weight per sample"
+            )
+        self.sampling = sampling
         default_rule = SoftPruning(prune_ratio)
         self.prune_ratio = float(prune_ratio)
         self.rule: PruningRule | EpochAwareRule = rule if rule is not None else default_rule
@@ -246,6 +263,7 @@ class InfoBatchSampler(Sampler[int]):
             "drop_last": int(self.drop_last),
             "num_replicas": self.num_replicas,
             "batch_size": self.batch_size if self.batch_size is not None else -1,
+            "sampling_draws": self.sampling.num_draws if self.sampling is not None else -1,
         }
         values = [*settings.values(), _as_int64(self.seed), int(self.seed_given)]
         gathered = gather_settings(collectives, values)
@@ -424,6 +442,8 @@ class InfoBatchSampler(Sampler[int]):
                 else self.rule
             )
         plan = build_plan(epoch, self._scores.values, rule, generator)
+        if self.sampling is not None:
+            plan = self.sampling.compose(plan, generator)
         self._install(plan, position=0)
 
     def _context(self, epoch: int) -> EpochContext:
