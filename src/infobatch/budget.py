@@ -15,6 +15,7 @@ achievable figure.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ from .context import EpochContext
 from .rule import Selection, SoftPruning
 
 __all__ = ["SavingBudget"]
+
+logger = logging.getLogger("infobatch")
 
 _CHUNK = 1 << 20
 
@@ -106,6 +109,15 @@ class SavingBudget:
                 stacklevel=2,
             )
         self.ratios[context.epoch] = ratio
+        total = context.num_samples * (context.num_epochs or 1)
+        logger.info(
+            "saving budget: epoch %d prunes well-learned samples with probability %.4g "
+            "(target %.2f%% of sample passes, saved so far %.2f%%)",
+            context.epoch,
+            ratio,
+            100.0 * self.target,
+            100.0 * context.passes_saved / total,
+        )
         return SoftPruning(ratio).select(scores, generator)
 
     def planned_fraction(self) -> float:
