@@ -195,3 +195,32 @@ def launch(
     return [
         torch.load(out_dir / f"result_rank{rank}.pt", weights_only=False) for rank in range(world)
     ]
+
+
+def equal_nan(a: Tensor, b: Tensor) -> bool:
+    """Equal tensors, ``nan`` where the other has ``nan`` (never-scored samples)."""
+    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
+        a.nan_to_num(0.0), b.nan_to_num(0.0)
+    )
+
+
+def assert_resumed_run_equals_full_run(
+    full: Record, resumed: Record, point: str, epochs: int, first_epoch: int = 2
+) -> None:
+    """A run resumed at ``point`` ("boundary" or "middle") trains the rest of the uninterrupted
+    run: the same plans, the remaining samples of the resumed epoch, the same learning rates,
+    final scores and weights."""
+    first = min(resumed["plans"])
+    assert first == first_epoch  # the boundary is the previous epoch's end
+    for epoch in range(first, epochs):
+        assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"], epoch
+        done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
+        assert resumed["trained"][epoch] == full["trained"][epoch][done:]
+        assert (done > 0) == (point == "middle" and epoch == first)
+    count = len(resumed["learning_rates"])
+    assert resumed["learning_rates"] == full["learning_rates"][-count:]
+    if "global_step" in full:
+        assert resumed["global_step"] == full["global_step"]
+    assert equal_nan(resumed["final_scores"], full["final_scores"])
+    for name, value in full["params"].items():
+        assert torch.equal(resumed["params"][name], value), name

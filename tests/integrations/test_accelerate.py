@@ -16,16 +16,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 from infobatch import InfoBatch  # noqa: E402
 
 from ._accelerate_workers import DEFAULTS, Blobs, run_loop_and_resume  # noqa: E402
-from ._common import launch  # noqa: E402
+from ._common import assert_resumed_run_equals_full_run, equal_nan, launch  # noqa: E402
 
 Record = dict[str, Any]
 EPOCHS = DEFAULTS["epochs"]
-
-
-def _equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
-        a.nan_to_num(0.0), b.nan_to_num(0.0)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +64,13 @@ def test_accelerate_scores_are_the_epochs_losses_on_every_rank(ranks: list[Recor
     for epoch in range(EPOCHS):
         scores = runs[0]["scores"][epoch]
         for run in runs:
-            assert _equal_nan(run["scores"][epoch], scores)
+            assert equal_nan(run["scores"][epoch], scores)
         for index in range(DEFAULTS["num_samples"]):
             found = [run["losses"][epoch][index] for run in runs if index in run["losses"][epoch]]
             if found:  # trained this epoch: its latest loss (the larger one if padded twice)
                 assert scores[index] == torch.tensor(max(found))
             elif epoch > 0:  # pruned: keeps the previous score
-                assert _equal_nan(scores[index], runs[0]["scores"][epoch - 1][index])
+                assert equal_nan(scores[index], runs[0]["scores"][epoch - 1][index])
 
 
 def test_accelerate_accumulation_steps_at_every_epoch_end(ranks: list[Record]) -> None:
@@ -106,18 +100,7 @@ def test_accelerate_resume_reproduces_the_uninterrupted_run(
 ) -> None:
     for rank_result in ranks:
         full, resumed = rank_result["full"], rank_result["resumed"][point]
-        first = min(resumed["plans"])
-        assert first == 2
-        for epoch in range(first, EPOCHS):
-            assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"]
-            done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
-            assert resumed["trained"][epoch] == full["trained"][epoch][done:]
-            assert (done > 0) == (point == "middle" and epoch == first)
-        count = len(resumed["learning_rates"])
-        assert resumed["learning_rates"] == full["learning_rates"][-count:]
-        assert _equal_nan(resumed["final_scores"], full["final_scores"])
-        for name, value in full["params"].items():
-            assert torch.equal(resumed["params"][name], value), name
+        assert_resumed_run_equals_full_run(full, resumed, point, EPOCHS)
 
 
 def test_accelerate_implicit_updates_match_indexed_updates(ranks: list[Record]) -> None:
@@ -130,7 +113,7 @@ def test_accelerate_implicit_updates_match_indexed_updates(ranks: list[Record]) 
             assert implicit["plans"][epoch] == indexed["plans"][epoch]
             assert implicit["trained"][epoch] == indexed["trained"][epoch]
             assert implicit["losses"][epoch] == indexed["losses"][epoch]
-            assert _equal_nan(implicit["scores"][epoch], indexed["scores"][epoch])
+            assert equal_nan(implicit["scores"][epoch], indexed["scores"][epoch])
         assert implicit["learning_rates"] == indexed["learning_rates"]
         for name, value in indexed["params"].items():
             assert torch.equal(implicit["params"][name], value), name
@@ -138,7 +121,7 @@ def test_accelerate_implicit_updates_match_indexed_updates(ranks: list[Record]) 
         first = min(resumed["plans"])
         done = len(implicit["trained"][first]) - len(resumed["trained"][first])
         assert done > 0 and resumed["trained"][first] == implicit["trained"][first][done:]
-        assert _equal_nan(resumed["final_scores"], implicit["final_scores"])
+        assert equal_nan(resumed["final_scores"], implicit["final_scores"])
         for name, value in implicit["params"].items():
             assert torch.equal(resumed["params"][name], value), name
 

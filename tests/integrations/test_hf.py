@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 from infobatch import InfoBatch, InfoBatchError  # noqa: E402
 from infobatch.integrations.hf import STATE_FILE  # noqa: E402
 
-from ._common import launch  # noqa: E402
+from ._common import assert_resumed_run_equals_full_run, equal_nan, launch  # noqa: E402
 from ._hf_workers import DEFAULTS, build_trainer, run_trainer, run_trainer_and_resume  # noqa: E402
 
 Record = dict[str, Any]
@@ -56,12 +56,6 @@ def two_ranks(two_ranks_dir: Path) -> list[Record]:
     return launch(2, run_trainer_and_resume, two_ranks_dir, {})
 
 
-def _equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
-        a.nan_to_num(0.0), b.nan_to_num(0.0)
-    )
-
-
 # ---------------------------------------------------------------------- one process
 def test_trainer_trains_every_planned_sample_once_per_epoch(causal: Record) -> None:
     run = causal["full"]
@@ -86,7 +80,7 @@ def test_trainer_scores_are_each_epochs_per_sample_losses(causal: Record) -> Non
         expected = previous.clone()
         for index, loss in run["losses"][epoch].items():
             expected[index] = loss
-        assert _equal_nan(scores, expected), epoch
+        assert equal_nan(scores, expected), epoch
         # Samples with no label (empty output): trained with weight 0, never scored.
         unlabelled = run["unlabelled"][epoch]
         assert unlabelled and torch.isnan(scores[unlabelled]).all()
@@ -123,20 +117,7 @@ def test_trainer_logs_the_saved_fraction(causal: Record) -> None:
 
 @pytest.mark.parametrize("point", ["boundary", "middle"])
 def test_trainer_resume_reproduces_the_uninterrupted_run(causal: Record, point: str) -> None:
-    full, resumed = causal["full"], causal["resumed"][point]
-    first = min(resumed["plans"])
-    assert first == 2  # the boundary is epoch 1's end; the middle is inside epoch 2
-    for epoch in range(first, EPOCHS):
-        assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"], epoch
-        done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
-        assert resumed["trained"][epoch] == full["trained"][epoch][done:]
-        assert (done > 0) == (point == "middle" and epoch == first)
-    count = len(resumed["learning_rates"])
-    assert resumed["learning_rates"] == full["learning_rates"][-count:]
-    assert resumed["global_step"] == full["global_step"]
-    assert _equal_nan(resumed["final_scores"], full["final_scores"])
-    for name, value in full["params"].items():
-        assert torch.equal(resumed["params"][name], value), name
+    assert_resumed_run_equals_full_run(causal["full"], causal["resumed"][point], point, EPOCHS)
 
 
 def test_trainer_gives_infobatch_its_batch_size_and_refuses_mismatches(tmp_path: Path) -> None:
@@ -257,7 +238,7 @@ def test_two_ranks_agree_and_train_every_planned_sample_once(two_ranks: list[Rec
         assert len(set(trained)) == kept  # every kept sample, on one rank (padding aside)
         # Every rank holds the merged table: each sample's latest loss from the rank that
         # trained it.
-        assert _equal_nan(runs[0]["scores"][epoch], runs[1]["scores"][epoch])
+        assert equal_nan(runs[0]["scores"][epoch], runs[1]["scores"][epoch])
         for run in runs:
             for index, loss in run["losses"][epoch].items():
                 if trained[index] == 1:
@@ -268,7 +249,7 @@ def test_two_ranks_agree_and_train_every_planned_sample_once(two_ranks: list[Rec
         previous = runs[0]["scores"].get(epoch - 1)
         for index in set(range(DEFAULTS["num_samples"])) - set(trained):
             expected = previous[index] if previous is not None else torch.tensor(float("nan"))
-            assert _equal_nan(runs[0]["scores"][epoch][index], expected), (epoch, index)
+            assert equal_nan(runs[0]["scores"][epoch][index], expected), (epoch, index)
     kept = {h["epoch"]: h["num_kept"] for h in runs[0]["history"]}
     assert all(kept[e] < DEFAULTS["num_samples"] for e in PRUNED)
     assert runs[0]["learning_rates"] == runs[1]["learning_rates"]
@@ -289,7 +270,7 @@ def test_two_ranks_resume_reproduces_the_uninterrupted_run(
             assert resumed["trained"][epoch] == full["trained"][epoch][done:]
         count = len(resumed["learning_rates"])
         assert resumed["learning_rates"] == full["learning_rates"][-count:]
-        assert _equal_nan(resumed["final_scores"], full["final_scores"])
+        assert equal_nan(resumed["final_scores"], full["final_scores"])
         for name, value in full["params"].items():
             torch.testing.assert_close(resumed["params"][name], value, rtol=0, atol=0)
 

@@ -15,7 +15,7 @@ pytest.importorskip("lightning")
 from infobatch import InfoBatchError  # noqa: E402
 from infobatch.integrations.progress import full_data_steps  # noqa: E402
 
-from ._common import launch  # noqa: E402
+from ._common import assert_resumed_run_equals_full_run, equal_nan, launch  # noqa: E402
 from ._lightning_workers import (  # noqa: E402
     DEFAULTS,
     resume_points,
@@ -25,12 +25,6 @@ from ._lightning_workers import (  # noqa: E402
 
 Record = dict[str, Any]
 EPOCHS = DEFAULTS["epochs"]
-
-
-def _equal_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(
-        a.nan_to_num(0.0), b.nan_to_num(0.0)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +82,13 @@ def test_lightning_scores_are_the_epochs_losses_on_every_rank(ranks: list[Record
     for epoch in range(EPOCHS):
         scores = runs[0]["scores"][epoch]
         for run in runs:
-            assert _equal_nan(run["scores"][epoch], scores)
+            assert equal_nan(run["scores"][epoch], scores)
         for index in range(DEFAULTS["num_samples"]):
             found = [run["losses"][epoch][index] for run in runs if index in run["losses"][epoch]]
             if found:
                 assert scores[index] == torch.tensor(max(found))
             elif epoch > 0:
-                assert _equal_nan(scores[index], runs[0]["scores"][epoch - 1][index])
+                assert equal_nan(scores[index], runs[0]["scores"][epoch - 1][index])
 
 
 def test_lightning_steps_at_every_epoch_end_and_schedule_ends_at_zero(
@@ -116,19 +110,7 @@ def test_lightning_steps_at_every_epoch_end_and_schedule_ends_at_zero(
 def test_lightning_resume_reproduces_the_uninterrupted_run(ranks: list[Record], point: str) -> None:
     for rank_result in ranks:
         full, resumed = rank_result["full"], rank_result["resumed"][point]
-        first = min(resumed["plans"])
-        assert first == 2
-        for epoch in range(first, EPOCHS):
-            assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"]
-            done = len(full["trained"][epoch]) - len(resumed["trained"][epoch])
-            assert resumed["trained"][epoch] == full["trained"][epoch][done:]
-            assert (done > 0) == (point == "middle" and epoch == first)
-        count = len(resumed["learning_rates"])
-        assert resumed["learning_rates"] == full["learning_rates"][-count:]
-        assert resumed["global_step"] == full["global_step"]
-        assert _equal_nan(resumed["final_scores"], full["final_scores"])
-        for name, value in full["params"].items():
-            assert torch.equal(resumed["params"][name], value), name
+        assert_resumed_run_equals_full_run(full, resumed, point, EPOCHS)
         # The loader implements Lightning's state protocol: no "not resumable" warning.
         assert not [w for w in resumed["warnings"] if "not resumable" in w]
 
