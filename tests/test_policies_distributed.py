@@ -1,0 +1,42 @@
+"""Every policy plans identically on every rank under ``torch.distributed`` (gloo, 2 ranks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from infobatch.policies import POLICIES
+from tests._policy_workers import ARGUMENTS, launch
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return launch(2, tmp_path_factory.mktemp("policies"))
+
+
+def same(left: Any, right: Any) -> bool:
+    """Equal nested states (tensors compared exactly, nan equal to nan)."""
+    if isinstance(left, torch.Tensor):
+        return isinstance(right, torch.Tensor) and torch.equal(
+            torch.nan_to_num(left, nan=-1.0), torch.nan_to_num(right, nan=-1.0)
+        )
+    if isinstance(left, dict):
+        return left.keys() == right.keys() and all(same(left[k], right[k]) for k in left)
+    return bool(left == right)
+
+
+@pytest.mark.parametrize("name", sorted(ARGUMENTS))
+def test_each_policy_plans_the_same_epochs_on_every_rank(
+    ranks: list[dict[str, Any]], name: str
+) -> None:
+    assert set(ARGUMENTS) == set(POLICIES)
+    first, second = ranks[0][name], ranks[1][name]
+    assert first["hashes"] == second["hashes"]
+    assert len(set(first["hashes"])) == len(first["hashes"])  # a new plan every epoch
+    assert same(first["scores"], second["scores"])  # merged: every rank's losses
+    unscored = int(torch.isnan(first["scores"]).sum())
+    assert unscored == 0 or name == "static_random"  # its subset never trains the others
+    assert same(first["rule_state"], second["rule_state"])
+    assert first["saved"] == second["saved"] and first["saved"] > 0.05
