@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from typing import Any
 
 import pytest
@@ -179,3 +180,19 @@ def test_spawned_workers_can_load_batches() -> None:
     )
     seen, _ = train(model, optimizer, dataset, loader, stop_at=(1, -1))
     assert sorted(seen[0]) == list(range(300))
+
+
+def test_going_back_to_an_earlier_epoch_right_after_a_resume_is_warned() -> None:
+    source = InfoBatch(TensorDataset(torch.arange(20.0)), num_epochs=6, seed=1)
+    for _ in range(3):
+        for (x,) in DataLoader(source, batch_size=5, sampler=source.sampler):
+            source.update(x)
+    state = source.state_dict()
+    resumed = InfoBatch(TensorDataset(torch.arange(20.0)), num_epochs=6, seed=1)
+    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match=r"set_epoch\(0\) right after loading a checkpoint of"):
+        resumed.sampler.set_epoch(0)  # what a framework that restarts its counter does
+    resumed.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.sampler.set_epoch(3)  # the right epoch: silent

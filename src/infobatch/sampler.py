@@ -248,6 +248,7 @@ class InfoBatchSampler(Sampler[int]):
         self._plan_fresh = True  # no score changed since the plan was made
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
         self._history: dict[int, EpochStats] = {}
+        self._resumed_epoch: int | None = None  # set by load_state_dict until training goes on
         self._nonfinite_total = 0
         self._saturated_total = 0
 
@@ -404,6 +405,14 @@ class InfoBatchSampler(Sampler[int]):
             raise TypeError(f"epoch must be an int, got {type(epoch).__name__}")
         if epoch < 0:
             raise ValueError(f"Invalid epoch {epoch}, epoch should be >= 0")
+        if self._resumed_epoch is not None and epoch < self._resumed_epoch:
+            warnings.warn(
+                f"set_epoch({epoch}) right after loading a checkpoint of epoch "
+                f"{self._resumed_epoch}: training goes back to epoch {epoch}. If a framework "
+                "restarted its epoch counter on resume (Accelerate's prepared loader does), "
+                "call loader.set_epoch(dataset.epoch) after loading the state.",
+                stacklevel=2,
+            )
         action = self._life.set_epoch_action(epoch)
         if action == "plan":
             self._move_to_epoch(epoch)
@@ -643,6 +652,7 @@ class InfoBatchSampler(Sampler[int]):
                 )
         self._batches.note(batch, final=end == life.length)
         self._iterations_done += 1
+        self._resumed_epoch = None
         if life.receive(batch):
             self._record_stats()
         accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
@@ -770,6 +780,7 @@ class InfoBatchSampler(Sampler[int]):
         self._iterations_done = int(state.get("iterations_done", 0))
         if state.get("rule") is not None:
             load_state_of(self.rule, state["rule"])
+        self._resumed_epoch = epoch
         self._life.passes += 1  # retire any live iterator
         self._life.trained = False
         self._batches.new_pass()
