@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 import random
 import struct
 import sys
@@ -15,10 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from infobatch import InfoBatchSampler, SoftPruning, epoch_generator
 from infobatch.experiment import (
     Splits,
     TrainConfig,
@@ -43,9 +41,6 @@ def _load_module(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-baselines = _load_module("baselines")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -211,120 +206,96 @@ def test_train_config_validates() -> None:
         TrainConfig(epochs=1, max_lr=0.0)
 
 
-# ------------------------------------------------------------------------------- baselines
-@settings(max_examples=50, deadline=None)
-@given(
-    size=st.integers(1, 400),
-    fraction=st.floats(0.0, 1.0),
-    seed=st.integers(0, 2**31),
-)
-def test_dynamic_random_keeps_exactly_the_budget(size: int, fraction: float, seed: int) -> None:
-    count = round(fraction * size)
-    rule = baselines.DynamicRandom([count])
-    chosen = rule.select(torch.rand(size), epoch_generator(seed, 0))
-    assert int(chosen.keep.sum()) == count
-    assert not chosen.upweighted.any() and chosen.weight == 1.0
+# --------------------------------------------------------------------------- benchmark harness
+def test_the_old_baselines_module_re_exports_the_package_policies() -> None:
+    baselines = _load_module("baselines")
+    from infobatch import policies
+
+    assert baselines.DynamicRandom is policies.DynamicRandom
+    assert baselines.StaticRandom is policies.StaticRandom
+    assert baselines.NoRescale is policies.NoRescale
 
 
-def test_dynamic_random_follows_the_budget_through_the_sampler() -> None:
-    counts = [100, 61, 47, 52]
-    sampler = InfoBatchSampler(100, 5, delta=0.8, rule=baselines.DynamicRandom(counts), seed=1)
-    kept_sets = []
-    for _ in range(5):
-        len(sampler)
-        order = list(sampler)
-        kept_sets.append(set(order))
-        sampler.update(torch.ones(len(order)))
-    assert [s.num_kept for s in sampler.history] == [*counts, 100]  # epoch 4 anneals
-    assert kept_sets[1] != kept_sets[2]  # a fresh random draw every epoch
-    exhausted = baselines.DynamicRandom([5])
-    exhausted.select(torch.rand(10), epoch_generator(0, 0))
-    with pytest.raises(RuntimeError, match="kept counts"):
-        exhausted.select(torch.rand(10), epoch_generator(0, 1))
-
-
-def test_dynamic_random_rejects_impossible_counts() -> None:
-    with pytest.raises(ValueError, match="kept count"):
-        baselines.DynamicRandom([11]).select(torch.rand(10), epoch_generator(0, 0))
-
-
-def test_static_random_subset_is_fixed_across_epochs() -> None:
-    rule = baselines.StaticRandom(30, seed=4)
-    sampler = InfoBatchSampler(100, 4, delta=1.0, rule=rule, seed=9)
-    subsets = []
-    for _ in range(4):
-        len(sampler)
-        order = list(sampler)
-        subsets.append(frozenset(order))
-        sampler.update(torch.rand(len(order)))
-    assert len(set(subsets)) == 1 and len(subsets[0]) == 30
-    assert [s.num_kept for s in sampler.history] == [30] * 4
-    other = baselines.StaticRandom(30, seed=5).select(torch.rand(100), epoch_generator(0, 0))
-    assert frozenset(torch.nonzero(other.keep).flatten().tolist()) != subsets[0]
-
-
-def test_no_rescale_prunes_like_infobatch_with_weight_one() -> None:
-    scores = torch.rand(500, generator=torch.Generator().manual_seed(0))
-    soft = SoftPruning(0.5).select(scores, epoch_generator(7, 2))
-    plain = baselines.NoRescale(0.5).select(scores, epoch_generator(7, 2))
-    assert torch.equal(plain.keep, soft.keep) and soft.upweighted.any()
-    assert not plain.upweighted.any() and plain.weight == 1.0
-    sampler = InfoBatchSampler(500, 4, rule=baselines.NoRescale(0.5), seed=2)
-    for _ in range(2):
-        len(sampler)
-        order = torch.tensor(list(sampler))
-        assert sampler.plan is not None
-        assert torch.equal(sampler.plan.weights_of(order), torch.ones(len(order)))
-        sampler.update(scores[order])
-    assert sampler.history[1].num_pruned > 0
-
-
-# ---------------------------------------------------------------------------------- report
-def _run(policy: str, seed: int, accuracy: float, saved: float, seconds: float) -> dict[str, Any]:
+def _run(setting: str, seed: int, accuracy: float, saved: float) -> dict[str, Any]:
     return {
-        "policy": policy,
+        "dataset": "mnist_mlp",
+        "setting": setting,
         "seed": seed,
+        "settings": {"epochs": 2},
         "test_accuracy": accuracy,
         "saved_fraction": saved,
-        "train_seconds": seconds,
-        "train_cpu_seconds": seconds,
-        "infobatch_seconds": 0.0 if policy == "full" else 0.1,
+        "train_seconds": 10.0 * (1 - saved),
+        "train_cpu_seconds": 10.0 * (1 - saved),
+        "infobatch_seconds": 0.1,
     }
 
 
-def test_report_targets_follow_the_numbers() -> None:
+def test_report_finds_the_largest_lossless_saving_and_the_noise() -> None:
     report = _load_module("report")
-    runs = {
-        "full": {s: _run("full", s, 0.980 + 0.001 * s, 0.0, 10.0) for s in range(3)},
-        "infobatch": {s: _run("infobatch", s, 0.980 + 0.001 * s, 0.35, 6.8) for s in range(3)},
-        "dynamic_random": {s: _run("dynamic_random", s, 0.975, 0.35, 6.5) for s in range(3)},
-    }
-    met = {name: ok for name, ok, _ in report.targets(report.summarise(runs))}
-    assert all(met.values()) and len(met) == 5
-    runs["infobatch"] = {s: _run("infobatch", s, 0.970, 0.25, 9.5) for s in range(3)}
-    missed = {name: ok for name, ok, _ in report.targets(report.summarise(runs))}
-    assert not any(missed.values())
+    sweep = importlib.import_module("sweep")  # the module report and runner use
+    low, high = sweep.Setting("infobatch", (("prune_ratio", 0.3),)), sweep.DEFAULT
+    runs = [_run(sweep.FULL.key, s, 0.950 + 0.001 * s, 0.0) for s in range(4)]
+    runs += [_run(low.key, s, 0.9495 + 0.001 * s, 0.2) for s in range(4)]  # -0.05: lossless
+    runs += [_run(high.key, s, 0.9480 + 0.001 * s + 0.0002 * s, 0.35) for s in range(4)]
+    by_key = report.select_runs(runs, "mnist_mlp", {"epochs": 2}, seeds=4)
+    summary = report.summarise(by_key, [sweep.FULL, high, low])
+    best = report.largest_lossless(summary)["infobatch"]
+    assert best is not None and best[0] == low  # -0.2 points at 35% is not lossless
+    assert summary[high]["delta"] == pytest.approx([-0.2, -0.18, -0.16, -0.14])
+    assert report._se(summary[high]["delta"]) == pytest.approx(0.0129, abs=1e-4)
+    noise = "\n".join(report.noise_lines(summary))
+    assert "std 0.03 points" in noise and "1 seeds bring it to 0.05" in noise
+    met = {name: ok for name, ok, _ in report.targets("mnist_mlp", summary)}
+    assert met["InfoBatch lossless at >= 30% of sample passes saved"] is False
+    runs += [_run(high.key, s, 0.9500 + 0.001 * s, 0.35) for s in range(4, 8)]
+    runs += [_run(sweep.FULL.key, s, 0.950 + 0.001 * s, 0.0) for s in range(4, 8)]
+    summary = report.summarise(report.select_runs(runs, "mnist_mlp", {"epochs": 2}, 8), [high])
+    best = report.largest_lossless(summary)["infobatch"]
+    assert best is not None and best[0] == high  # four more seeds at no loss: mean -0.085
 
 
-def test_result_store_is_resumable(tmp_path: Path) -> None:
+def test_result_store_is_resumable_shared_and_reads_version_1(tmp_path: Path) -> None:
     runner = _load_module("run_benchmarks")
     settings = {"epochs": 2}
     store = runner.ResultStore(tmp_path / "runs.json")
-    assert store.find("mnist1d", "full", 0, settings) is None
-    store.add({"dataset": "mnist1d", "policy": "full", "seed": 0, "settings": settings, "x": 1})
+    assert store.find("mnist1d", "full()", 0, settings) is None
+    other = runner.ResultStore(tmp_path / "runs.json")  # a second process, opened earlier
+    store.add({"dataset": "mnist1d", "setting": "full()", "seed": 0, "settings": settings})
+    other.add({"dataset": "mnist", "setting": "full()", "seed": 0, "settings": settings})
     reopened = runner.ResultStore(tmp_path / "runs.json")
-    assert reopened.find("mnist1d", "full", 0, settings) == reopened.runs[0]
-    assert reopened.find("mnist1d", "full", 0, {"epochs": 3}) is None  # other settings rerun
-    assert reopened.find("mnist1d", "full", 1, settings) is None
+    assert len(reopened.runs) == 2  # neither process overwrote the other's run
+    assert reopened.find("mnist1d", "full()", 0, settings) == reopened.runs[0]
+    assert reopened.find("mnist1d", "full()", 0, {"epochs": 3}) is None  # other settings rerun
+    old = {"dataset": "mnist", "policy": "infobatch", "seed": 1, "x": 1}
+    old["settings"] = {"epochs": 8, "prune_ratio": 0.5, "delta": 0.875}
+    (tmp_path / "v1.json").write_text(json.dumps({"version": 1, "runs": [old]}))
+    upgraded = runner.ResultStore(tmp_path / "v1.json")
+    key = "infobatch(prune_ratio=0.5, delta=0.875)"
+    assert upgraded.find("mnist", key, 1, {"epochs": 8}) is not None
 
 
-def test_baseline_budgets_come_from_the_infobatch_run() -> None:
+def test_matched_baselines_take_infobatchs_budget() -> None:
     runner = _load_module("run_benchmarks")
+    sweep = importlib.import_module("sweep")  # the module report and runner use
     config = TrainConfig(epochs=4)
     reference = {"kept_per_epoch": [100, 60, 50, 100]}
-    _, delta, dynamic = runner.policy_setup("dynamic_random", 0, config, reference)
-    assert delta == 0.875 and dynamic.kept_counts == [100, 60, 50, 100]
-    _, delta, static = runner.policy_setup("static_random", 0, config, reference)
-    assert delta == 1.0 and static.subset_size == round(310 / 4)
-    with pytest.raises(RuntimeError, match="InfoBatch run"):
-        runner.policy_setup("dynamic_random", 0, config, None)
+    _, dynamic = runner.policy_setup(sweep.MATCHED[0], 0, config, reference)
+    assert dynamic.budget.kept_counts == (100, 60, 50, 100)
+    _, static = runner.policy_setup(sweep.MATCHED[1], 0, config, reference)
+    assert static.subset_size == round(310 / 4) and sweep.MATCHED[1].delta == 1.0
+    assert runner.policy_setup(sweep.DEFAULT, 0, config, None) == (True, None)
+    with pytest.raises(RuntimeError, match="needs the default InfoBatch run"):
+        runner.policy_setup(sweep.MATCHED[0], 0, config, None)
+
+
+def test_every_sweep_setting_builds_its_policy() -> None:
+    runner = _load_module("run_benchmarks")
+    sweep = importlib.import_module("sweep")  # the module report and runner use
+    reference = {"kept_per_epoch": [100] * 12}
+    keys = set()
+    for task in sweep.TASKS:
+        for setting in sweep.settings_for(task, "full"):
+            use, _rule = runner.policy_setup(setting, 0, TrainConfig(epochs=12), reference)
+            assert use == (setting.family != "full")
+            keys.add(setting.key)
+    assert len(keys) == len({s for t in sweep.TASKS for s in sweep.settings_for(t, "full")})

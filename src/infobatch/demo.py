@@ -10,6 +10,7 @@ and writes ``demo.png`` and ``demo.json`` to the output folder. Needs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -229,13 +230,14 @@ def _load(options: DemoOptions, log: Callable[[str], None]) -> Splits:
         num_train = options.num_train or 40_000
         num_test = options.num_test or 10_000
         return load_mnist1d(options.cache_dir, num_train=num_train, num_test=num_test, log=log)
-    if options.dataset == "mnist":
+    if options.dataset in ("mnist", "mnist_mlp"):  # the same data, another model
         if options.data_dir is None:
             raise ValueError(
-                "--dataset mnist needs --data-dir, the folder holding the four MNIST IDX .gz "
-                "files (train-images-idx3-ubyte.gz, ...)"
+                f"--dataset {options.dataset} needs --data-dir, the folder holding the four "
+                "MNIST IDX .gz files (train-images-idx3-ubyte.gz, ...)"
             )
-        return load_mnist(options.data_dir).subset(options.num_train, options.num_test)
+        splits = dataclasses.replace(load_mnist(options.data_dir), name=options.dataset)
+        return splits.subset(options.num_train, options.num_test)
     raise ValueError(f"Unknown dataset {options.dataset!r}, expected one of {list(DATASETS)}")
 
 

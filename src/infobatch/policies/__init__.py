@@ -25,6 +25,7 @@ name                what                                              sampler de
 ``epsilon_greedy``  :class:`EpsilonGreedy`                             yours
 ``ucb``             :class:`UCB`                                       yours
 ``seta``            :class:`SeTa` (anneals partially itself)           1.0
+``low_loss``        :class:`LowLossPruning` (an unbiased variant)      yours
 ==================  ================================================  ===============
 
 "No annealing" is not a rule but a setting: InfoBatch's rule with ``delta=1.0``.
@@ -43,6 +44,7 @@ from ..rule import PruningRule, SoftPruning
 from .dynamic_random import DynamicRandom
 from .epsilon_greedy import EpsilonGreedy
 from .kmeans import kmeans_1d
+from .low_loss import LowLossPruning
 from .no_rescale import NoRescale
 from .seta import SeTa
 from .static_random import StaticRandom
@@ -59,6 +61,7 @@ __all__ = [
     "UCB",
     "NoRescale",
     "SeTa",
+    "LowLossPruning",
     "kmeans_1d",
 ]
 
@@ -138,6 +141,12 @@ _ENTRIES = (
         SeTa,
         "random down-sampling, k-means loss groups, an easy-to-hard window (Zhou et al. 2025)",
         delta=1.0,
+    ),
+    PolicyInfo(
+        "low_loss",
+        LowLossPruning,
+        "InfoBatch with the threshold at a fraction of the mean and a higher ratio (variant)",
+        unbiased=True,
     ),
 )
 
