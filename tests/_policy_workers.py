@@ -41,6 +41,7 @@ ARGUMENTS: dict[str, dict[str, Any]] = {
     "epsilon_greedy": {"prune_ratio": 0.3, "epsilon": 0.2},
     "ucb": {"prune_ratio": 0.3},
     "seta": {"prune_ratio": 0.1, "num_groups": 5, "window_scale": 0.9},
+    "low_loss": {"prune_ratio": 0.8, "threshold_scale": 0.5},
 }
 
 

@@ -20,6 +20,7 @@ from infobatch.policies import (
     UCB,
     DynamicRandom,
     EpsilonGreedy,
+    LowLossPruning,
     NoRescale,
     Rule,
     SeTa,
@@ -43,6 +44,7 @@ ARGUMENTS: dict[str, dict[str, Any]] = {
     "epsilon_greedy": {"prune_ratio": 0.3, "epsilon": 0.2},
     "ucb": {"prune_ratio": 0.3},
     "seta": {"prune_ratio": 0.1, "num_groups": 5, "window_scale": 0.9},
+    "low_loss": {"prune_ratio": 0.8, "threshold_scale": 0.5},
 }
 
 
@@ -189,6 +191,35 @@ def test_no_rescale_keeps_infobatchs_set_with_weight_1() -> None:
     assert torch.equal(soft.keep, plain.keep) and bool(soft.upweighted.any())
     assert not bool(plain.upweighted.any()) and plain.weight == 1.0
     assert plain.num_well_learned == soft.num_well_learned
+
+
+def test_low_loss_pruning_at_scale_1_is_infobatch_draw_for_draw() -> None:
+    scores = torch.rand(100_000, generator=torch.Generator().manual_seed(2)) ** 2  # chunks
+    scores[:50] = math.nan
+    soft = select(SoftPruning(0.5), scores, seed=8)
+    low = select(LowLossPruning(0.5, threshold_scale=1.0), scores, seed=8)
+    assert torch.equal(soft.status, low.status) and soft.weight == low.weight == 2.0
+    assert low.num_well_learned == soft.num_well_learned and low.num_scored == 99_950
+
+
+def test_low_loss_pruning_prunes_only_below_its_threshold_and_is_unbiased() -> None:
+    scores = torch.linspace(0.0, 2.0, 400)  # mean 1: threshold 0.25 below 0.25
+    rule = LowLossPruning(0.8, threshold_scale=0.25)
+    total = torch.zeros(400, dtype=torch.float64)
+    draws = 500
+    for seed in range(draws):
+        selection = select(rule, scores, seed)
+        assert_status(selection, 400)
+        assert bool(selection.keep[scores >= 0.25].all())  # at or above: always kept
+        assert not bool(selection.upweighted[scores >= 0.25].any())
+        total += torch.where(selection.upweighted, selection.weight, 1.0) * selection.keep
+    assert selection.weight == pytest.approx(5.0) and selection.threshold == pytest.approx(0.25)
+    expectation = total / draws
+    spread = (0.8 / 0.2 / draws) ** 0.5  # std of the mean of kept * weight
+    assert (expectation - 1).abs().max() < 5 * spread
+    assert float(expectation[scores < 0.25].mean()) == pytest.approx(1.0, abs=5 * spread / 7)
+    with pytest.raises(ValueError, match="Invalid threshold_scale 0"):
+        LowLossPruning(0.5, threshold_scale=0)
 
 
 def test_static_random_keeps_one_subset_drawn_from_the_first_epochs_generator() -> None:
