@@ -21,7 +21,15 @@ from torch import Tensor
 
 from .plan import EpochPlan
 
-__all__ = ["STATE_VERSION", "READABLE_VERSIONS", "plan_state", "plan_from_state", "check_state"]
+__all__ = [
+    "STATE_VERSION",
+    "READABLE_VERSIONS",
+    "plan_state",
+    "plan_from_state",
+    "check_state",
+    "state_of",
+    "load_state_of",
+]
 
 #: Version key written by :meth:`InfoBatchSampler.state_dict`.
 STATE_VERSION = 2
@@ -104,3 +112,20 @@ def check_state(state: Any, settings: dict[str, Any]) -> None:
         raise ValueError(f"invalid position {position!r} in InfoBatch state")
     if not isinstance(state["scores"], Tensor):
         raise TypeError("InfoBatch state 'scores' must be a tensor")
+
+
+def state_of(rule: object) -> Any:
+    """A rule's own checkpoint state, if it keeps any (``state_dict()``), else ``None``."""
+    state_dict = getattr(rule, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
+
+
+def load_state_of(rule: object, state: Any) -> None:
+    """Restore a rule's state saved by :func:`state_of`."""
+    load = getattr(rule, "load_state_dict", None)
+    if not callable(load):
+        raise ValueError(
+            f"the checkpoint holds pruning-rule state but {type(rule).__name__} has no "
+            "load_state_dict(); build the sampler with the rule it was saved with"
+        )
+    load(state)

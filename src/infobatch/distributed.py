@@ -20,6 +20,8 @@ from torch import Tensor
 from .errors import InfoBatchError
 
 __all__ = [
+    "agree_on_settings",
+    "float_bits",
     "Collectives",
     "PendingReduce",
     "TorchCollectives",
@@ -179,3 +181,33 @@ def raise_if_disagree(
             "the same dataset length, num_epochs, prune_ratio, delta, seed, drop_last and "
             "batch_size on every rank."
         )
+
+
+def float_bits(value: float) -> int:
+    """The int64 with the bits of the float64 ``value`` (to compare floats exactly)."""
+    return int(struct.unpack("<q", struct.pack("<d", float(value)))[0])
+
+
+def agree_on_settings(
+    collectives: Collectives, settings: dict[str, int], seed: int, seed_given: bool
+) -> int:
+    """One ``all_gather``: raise on every rank if a setting differs; return the run's seed.
+
+    ``settings`` are integers (floats as :func:`float_bits`). Seeds given explicitly must agree;
+    without one, every rank takes rank 0's (ranks are often seeded ``seed + rank``).
+    """
+    limit = 1 << 64
+    as_int64 = seed - limit if seed >= 1 << 63 else seed  # same bits, fits an int64 tensor
+    gathered = gather_settings(collectives, [*settings.values(), as_int64, int(seed_given)])
+    float_names = [name for name in settings if name in ("prune_ratio", "delta", "score_momentum")]
+    raise_if_disagree(list(settings), gathered, float_names=float_names)
+    seeds = [(values[-2] % limit, bool(values[-1])) for values in gathered]
+    given = {s for s, was_given in seeds if was_given}
+    if len(given) > 1:
+        shown = [[s] if was_given else [-1] for s, was_given in seeds]
+        raise InfoBatchError(
+            "InfoBatch settings differ between ranks, so their epoch plans would differ: "
+            f"{settings_disagreement(['seed'], shown)} (-1: no seed given). Give every "
+            "rank the same seed=, or none (then rank 0's torch seed is used everywhere)."
+        )
+    return given.pop() if given else seeds[0][0]

@@ -71,10 +71,11 @@ class EpochPlan:
         """Sample passes skipped this epoch."""
         return self.num_samples - self.num_kept
 
-    def weights_of(self, indices: Tensor) -> Tensor:
-        """float32 loss weights of ``indices`` (a tensor on the plan's device)."""
+    def weights_of(self, indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Loss weights of ``indices`` (a tensor on the plan's device), exact in ``dtype``."""
         upweighted = self.status.index_select(0, indices) == UPWEIGHTED
-        return torch.where(upweighted, self.weight, 1.0)
+        weights = torch.full(upweighted.shape, self.weight, dtype=dtype, device=indices.device)
+        return weights.masked_fill_(~upweighted, 1.0)
 
     def share(self, rank: int, num_replicas: int) -> Tensor:
         """Rank ``rank``'s part of ``order``: every ``num_replicas``-th index, starting at ``rank``.

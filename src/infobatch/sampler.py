@@ -3,108 +3,54 @@
 from __future__ import annotations
 
 import logging
-import numbers
-import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
 from .attribution import BatchBoundaries
-from .checkpoint import STATE_VERSION, check_state, plan_from_state, plan_state
+from .checkpoint import (
+    STATE_VERSION,
+    check_state,
+    load_state_of,
+    plan_from_state,
+    plan_state,
+    state_of,
+)
 from .context import EpochAwareRule, EpochContext, WithContext
 from .distributed import (
     Collectives,
     TorchCollectives,
-    gather_settings,
-    raise_if_disagree,
+    agree_on_settings,
+    float_bits,
     resolve_replicas,
-    settings_disagreement,
 )
 from .errors import InfoBatchError
 from .lifecycle import EpochLifecycle, Phase
-from .plan import UPWEIGHTED, EpochPlan, build_plan
+from .plan import EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
 from .sampling import WeightedSampling
 from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable
-from .stats import EpochStats, saved_fraction
+from .stats import EpochStats, saved_fraction, with_epoch
+from .validation import (
+    check_flag,
+    check_indices,
+    check_per_sample,
+    check_positive_int,
+    check_seed,
+)
 
 __all__ = ["InfoBatchSampler", "STATE_VERSION"]
 
 logger = logging.getLogger("infobatch")
 
 _YIELD_CHUNK = 1 << 16
-_SEED_LIMIT = 1 << 64
 IndexLike = Union[Tensor, Sequence[int]]
-
-
-def _float_bits(value: float) -> int:
-    return int(struct.unpack("<q", struct.pack("<d", float(value)))[0])
-
-
-def _as_int64(value: int) -> int:
-    """``value`` in ``[0, 2**64)`` as the int64 with the same bits (for tensors)."""
-    return value - _SEED_LIMIT if value >= 1 << 63 else value
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < _SEED_LIMIT:
-        raise ValueError(f"Invalid seed {seed}, seed should be in the interval [0, 2**64 - 1]")
-    return int(seed)
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
-def state_of(rule: object) -> Any:
-    """A rule's own checkpoint state, if it keeps any (``state_dict()``), else ``None``."""
-    state_dict = getattr(rule, "state_dict", None)
-    return state_dict() if callable(state_dict) else None
-
-
-def load_state_of(rule: object, state: Any) -> None:
-    """Restore a rule's state saved by :func:`state_of`."""
-    load = getattr(rule, "load_state_dict", None)
-    if not callable(load):
-        raise ValueError(
-            f"the checkpoint holds pruning-rule state but {type(rule).__name__} has no "
-            "load_state_dict(); build the sampler with the rule it was saved with"
-        )
-    load(state)
-
-
-def _check_per_sample(name: str, value: Any) -> int:
-    """Validate a per-sample loss or score tensor and return its length."""
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor of per-sample losses, got {type(value).__name__}"
-        )
-    if not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    if value.ndim == 0:
-        raise ValueError(
-            f"got a scalar {name}: pass per-sample losses, e.g. "
-            "criterion = nn.CrossEntropyLoss(reduction='none'), so each sample can be scored"
-        )
-    if value.ndim != 1:
-        raise ValueError(
-            f"{name} has shape {tuple(value.shape)}; pass one value per sample, shape "
-            "[batch_size] (reduce other dimensions first, e.g. token_loss.mean(dim=1))"
-        )
-    if value.numel() == 0:
-        raise ValueError(f"{name} is empty; pass one value per sample of the batch")
-    return int(value.shape[0])
 
 
 class InfoBatchSampler(Sampler[int]):
@@ -195,13 +141,10 @@ class InfoBatchSampler(Sampler[int]):
                 f"Invalid num_samples {num_samples}: the dataset is empty, give it samples"
             )
         if batch_size is not None:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-                raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-            if batch_size < 1:
-                raise ValueError(f"Invalid batch_size {batch_size}, batch_size should be >= 1")
+            check_positive_int("batch_size", batch_size)
         self.seed_given = seed is not None
-        self.seed = _check_seed(seed) if seed is not None else torch.initial_seed()
-        self.drop_last = _check_flag("drop_last", drop_last)
+        self.seed = check_seed(seed) if seed is not None else torch.initial_seed()
+        self.drop_last = check_flag("drop_last", drop_last)
         self.batch_size = batch_size
         self.num_samples = num_samples
         if (num_epochs is None) == (num_iterations is None):
@@ -240,7 +183,25 @@ class InfoBatchSampler(Sampler[int]):
             num_samples, track_updates=collectives is not None, momentum=score_momentum
         )
         if collectives is not None:
-            self._agree_with_other_ranks(collectives)
+            self.seed = agree_on_settings(
+                collectives,
+                {
+                    "num_samples": self.num_samples,
+                    "num_epochs": self.num_epochs if self.num_epochs is not None else -1,
+                    "num_iterations": (
+                        self.num_iterations if self.num_iterations is not None else -1
+                    ),
+                    "prune_ratio": float_bits(self.prune_ratio),
+                    "delta": float_bits(self.delta),
+                    "score_momentum": float_bits(self.score_momentum),
+                    "drop_last": int(self.drop_last),
+                    "num_replicas": self.num_replicas,
+                    "batch_size": self.batch_size if self.batch_size is not None else -1,
+                    "sampling_draws": sampling.num_draws if sampling is not None else -1,
+                },
+                self.seed,
+                self.seed_given,
+            )
 
         self._life = EpochLifecycle()
         self._batches = BatchBoundaries(batch_size=batch_size, drop_last=self.drop_last)
@@ -251,36 +212,6 @@ class InfoBatchSampler(Sampler[int]):
         self._resumed_epoch: int | None = None  # set by load_state_dict until training goes on
         self._nonfinite_total = 0
         self._saturated_total = 0
-
-    def _agree_with_other_ranks(self, collectives: Collectives) -> None:
-        """One all_gather: settings must match; an unset seed becomes rank 0's."""
-        settings = {
-            "num_samples": self.num_samples,
-            "num_epochs": self.num_epochs if self.num_epochs is not None else -1,
-            "num_iterations": self.num_iterations if self.num_iterations is not None else -1,
-            "prune_ratio": _float_bits(self.prune_ratio),
-            "delta": _float_bits(self.delta),
-            "score_momentum": _float_bits(self.score_momentum),
-            "drop_last": int(self.drop_last),
-            "num_replicas": self.num_replicas,
-            "batch_size": self.batch_size if self.batch_size is not None else -1,
-            "sampling_draws": self.sampling.num_draws if self.sampling is not None else -1,
-        }
-        values = [*settings.values(), _as_int64(self.seed), int(self.seed_given)]
-        gathered = gather_settings(collectives, values)
-        raise_if_disagree(
-            list(settings), gathered, float_names=("prune_ratio", "delta", "score_momentum")
-        )
-        seeds = [(v[-2] % _SEED_LIMIT, bool(v[-1])) for v in gathered]
-        given = [[seed] if seed_given else [-1] for seed, seed_given in seeds]
-        if len({s for s, seed_given in seeds if seed_given}) > 1:
-            raise InfoBatchError(
-                "InfoBatch settings differ between ranks, so their epoch plans would differ: "
-                f"{settings_disagreement(['seed'], given)} (-1: no seed given). Give every "
-                "rank the same seed=, or none (then rank 0's torch seed is used everywhere)."
-            )
-        chosen = [seed for seed, seed_given in seeds if seed_given]
-        self.seed = chosen[0] if chosen else seeds[0][0]
 
     # ------------------------------------------------------------------ public state
     @property
@@ -539,39 +470,8 @@ class InfoBatchSampler(Sampler[int]):
         self._saturated_total += saturated
 
     def _record_stats(self) -> None:
-        plan = self._plan
-        if plan is None:
-            return
-        earlier = [s for e, s in sorted(self._history.items()) if e < plan.epoch]
-        total = sum(s.num_samples for s in earlier) + plan.num_samples
-        pruned = sum(s.num_pruned for s in earlier) + plan.num_pruned
-        stats = EpochStats(
-            epoch=plan.epoch,
-            num_samples=plan.num_samples,
-            num_kept=plan.num_kept,
-            num_pruned=plan.num_pruned,
-            num_scored=plan.num_scored,
-            num_well_learned=plan.num_well_learned,
-            threshold=plan.threshold,
-            weight=plan.weight,
-            pruning=plan.pruning,
-            saved_fraction=pruned / total,
-        )
-        self._history = {s.epoch: s for s in earlier}
-        self._history[plan.epoch] = stats
-        logger.info(
-            "epoch %d: kept %d of %d samples (pruned %d, well-learned %d, threshold %.6g, "
-            "weight %.4g%s); saved so far %.2f%%",
-            stats.epoch,
-            stats.num_kept,
-            stats.num_samples,
-            stats.num_pruned,
-            stats.num_well_learned,
-            stats.threshold,
-            stats.weight,
-            "" if stats.pruning else ", full data",
-            100.0 * stats.saved_fraction,
-        )
+        if self._plan is not None:
+            self._history = with_epoch(self._history, self._plan)
 
     # ------------------------------------------------------------------ losses in
     def update(
@@ -601,9 +501,9 @@ class InfoBatchSampler(Sampler[int]):
                 sample (it keeps its previous one, silently) and gives its loss weight 0 (e.g.
                 a sequence with no target token). The mean still divides by the batch size.
         """
-        batch = _check_per_sample("loss", loss)
+        batch = check_per_sample("loss", loss)
         if score is not None:
-            _check_per_sample("score", score)
+            check_per_sample("score", score)
             if score.shape != loss.shape:
                 raise ValueError(
                     f"score has shape {tuple(score.shape)} but loss has {tuple(loss.shape)}; "
@@ -644,7 +544,7 @@ class InfoBatchSampler(Sampler[int]):
             )
             batch_indices = self._share[start:end]
         else:
-            batch_indices = self._check_indices(indices, batch)
+            batch_indices = check_indices(indices, batch, self.num_samples, self._scores.device)
             if end > life.length:
                 raise InfoBatchError(
                     f"update() received losses for {end} samples in epoch {life.epoch} but "
@@ -656,9 +556,7 @@ class InfoBatchSampler(Sampler[int]):
         if life.receive(batch):
             self._record_stats()
         accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
-        upweighted = plan.status.index_select(0, batch_indices) == UPWEIGHTED
-        weights = torch.full(upweighted.shape, plan.weight, dtype=accumulate, device=loss.device)
-        weights.masked_fill_(~upweighted, 1.0)
+        weights = plan.weights_of(batch_indices, accumulate)
         if valid is not None:
             weights.masked_fill_(~valid.to(weights.device), 0.0)
         self._scores.record(batch_indices, score if score is not None else loss, valid)
@@ -668,24 +566,6 @@ class InfoBatchSampler(Sampler[int]):
             life.complete()
             self._start_merge()
         return weighted.to(loss.dtype)
-
-    def _check_indices(self, indices: IndexLike, batch: int) -> Tensor:
-        tensor = torch.as_tensor(indices)
-        if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
-            raise TypeError(f"indices must be integers, got dtype {tensor.dtype}")
-        if tensor.shape != (batch,):
-            raise ValueError(
-                f"indices has shape {tuple(tensor.shape)} but loss has {batch} elements; give "
-                "one dataset index per loss"
-            )
-        if tensor.device.type == "cpu":  # checking here costs no device sync
-            low, high = int(tensor.min()), int(tensor.max())
-            if low < 0 or high >= self.num_samples:
-                raise ValueError(
-                    f"indices must be in the interval [0, {self.num_samples - 1}], "
-                    f"got values from {low} to {high}"
-                )
-        return tensor.to(device=self._scores.device, dtype=torch.int64, non_blocking=True)
 
     def _move_to(self, device: torch.device, plan: EpochPlan) -> EpochPlan:
         """Move scores and the current plan to the losses' device (once); return the plan."""
@@ -753,7 +633,7 @@ class InfoBatchSampler(Sampler[int]):
                 "drop_last": self.drop_last,
             },
         )
-        saved_seed = _check_seed(state.get("seed"))
+        saved_seed = check_seed(state.get("seed"))
         if self.seed_given and saved_seed != self.seed:
             raise ValueError(
                 f"checkpoint was saved with seed={saved_seed} but this InfoBatch has "

@@ -1,0 +1,84 @@
+"""Argument checks shared by the sampler: each error names the value and says what to do."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["SEED_LIMIT", "check_seed", "check_flag", "check_per_sample", "check_indices"]
+
+#: Seeds are integers in ``[0, SEED_LIMIT)``, as ``torch.initial_seed()`` returns them.
+SEED_LIMIT = 1 << 64
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in ``[0, 2**64)`` (numpy integers accepted)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"Invalid seed {seed}, seed should be in the interval [0, 2**64 - 1]")
+    return int(seed)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool (numpy bools accepted)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"Invalid {name} {value}, {name} should be >= 1")
+    return value
+
+
+def check_per_sample(name: str, value: Any) -> int:
+    """Validate a per-sample loss or score tensor and return its length."""
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of per-sample losses, got {type(value).__name__}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if value.ndim == 0:
+        raise ValueError(
+            f"got a scalar {name}: pass per-sample losses, e.g. "
+            "criterion = nn.CrossEntropyLoss(reduction='none'), so each sample can be scored"
+        )
+    if value.ndim != 1:
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}; pass one value per sample, shape "
+            "[batch_size] (reduce other dimensions first, e.g. token_loss.mean(dim=1))"
+        )
+    if value.numel() == 0:
+        raise ValueError(f"{name} is empty; pass one value per sample of the batch")
+    return int(value.shape[0])
+
+
+def check_indices(indices: Any, batch: int, num_samples: int, device: torch.device) -> Tensor:
+    """Dataset indices of a batch as ``int64`` on ``device``; range-checked when on the CPU
+    (checking device tensors would cost a host-device synchronisation)."""
+    tensor = torch.as_tensor(indices)
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"indices must be integers, got dtype {tensor.dtype}")
+    if tensor.shape != (batch,):
+        raise ValueError(
+            f"indices has shape {tuple(tensor.shape)} but loss has {batch} elements; give "
+            "one dataset index per loss"
+        )
+    if tensor.device.type == "cpu":
+        low, high = int(tensor.min()), int(tensor.max())
+        if low < 0 or high >= num_samples:
+            raise ValueError(
+                f"indices must be in the interval [0, {num_samples - 1}], "
+                f"got values from {low} to {high}"
+            )
+    return tensor.to(device=device, dtype=torch.int64, non_blocking=True)
