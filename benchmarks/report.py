@@ -49,6 +49,7 @@ MAIN: dict[str, Setting] = {
 }
 COLORS = {
     "full": "black",
+    "full_short": "dimgray",
     "infobatch": "tab:red",
     "saving_budget": "tab:pink",
     "infobatch_ema": "tab:brown",
@@ -56,7 +57,7 @@ COLORS = {
     "dynamic_random": "tab:blue",
     "static_random": "tab:cyan",
     "epsilon_greedy": "tab:olive",
-    "ucb": "tab:gray",
+    "ucb": "teal",
     "no_rescale": "tab:orange",
     "no_anneal": "tab:purple",
     "seta": "gold",
@@ -299,7 +300,7 @@ def targets(task: str, summary: dict[Setting, dict[str, Any]]) -> list[tuple[str
     rows: list[tuple[str, bool, str]] = []
     goal = 0.30 if task == "mnist_mlp" else 0.45
     best = largest_lossless(summary)
-    for family in ("infobatch", "saving_budget", "low_loss"):
+    for family in ("infobatch", "saving_budget", "low_loss", "no_rescale"):
         found = best.get(family)
         saved = _mean(found[1]["saved"]) if found else 0.0
         rows.append(
@@ -322,10 +323,12 @@ def targets(task: str, summary: dict[Setting, dict[str, Any]]) -> list[tuple[str
                 if seed_a == seed_b
             ]
             ahead = [100 * (a - b) for a, b in pairs]
+            resolved = len(ahead) > 1 and _mean(ahead) > 2 * _se(ahead)
             rows.append(
                 (
-                    f"InfoBatch ahead of {FAMILIES[setting.family][0]} at the same budget",
-                    bool(ahead) and _mean(ahead) > 0,
+                    f"InfoBatch ahead of {FAMILIES[setting.family][0]} at the same budget "
+                    "(mean paired difference above two standard errors)",
+                    resolved,
                     f"{_diff(ahead)} points (ahead on {sum(d > 0 for d in ahead)} of "
                     f"{len(ahead)} seeds)",
                 )
@@ -368,8 +371,12 @@ def plot_sweep(summaries: dict[str, dict[Setting, dict[str, Any]]], path: Path) 
         ax.set_ylabel("test accuracy minus full data, paired (points)")
         ax.set_title(f"{_label(task)}: accuracy vs saving (mean ± SE)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

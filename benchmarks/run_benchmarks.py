@@ -3,7 +3,7 @@
 One command regenerates everything (``benchmarks/results/runs.json``, the PNG plots and
 ``BENCHMARKS.md``). The reduced sweep (the committed results, under an hour on 2 cores)::
 
-    python benchmarks/run_benchmarks.py --mnist-dir ../shared/data/mnist --threads 1
+    python benchmarks/run_benchmarks.py --mnist-dir ../shared/data/mnist --threads 1 --jobs 2
 
 and the full sweep (more seeds and settings; hours)::
 
@@ -45,7 +45,9 @@ from sweep import ABLATIONS, DEFAULT, FULL, MATCHED, SEEDS, TASKS, Setting, sett
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_VERSION = 2
-COMMAND = "python benchmarks/run_benchmarks.py --mnist-dir ../shared/data/mnist --threads 1"
+COMMAND = (
+    "python benchmarks/run_benchmarks.py --mnist-dir ../shared/data/mnist --threads 1 --jobs 2"
+)
 
 #: (train, test) sizes of the full datasets; ``--quick`` uses a prefix of each.
 DATASET_SIZES = {
@@ -144,7 +146,7 @@ def policy_setup(
     setting: Setting, seed: int, config: TrainConfig, reference: dict[str, Any] | None
 ) -> tuple[bool, Rule | None]:
     """``(use_infobatch, rule)`` of ``setting``; matched settings need InfoBatch's ``reference``."""
-    if setting.family == "full":
+    if setting.family in ("full", "full_short"):
         return False, None
     kwargs = dict(setting.kwargs)
     if setting.matched:
@@ -171,6 +173,16 @@ def run_one(
 ) -> RunResult:
     """Train one setting for one seed and check that matched settings met their budget."""
     use_infobatch, rule = policy_setup(setting, seed, config, reference)
+    if setting.family == "full_short":  # fewer epochs; the saving counts the full schedule
+        epochs = max(1, round(config.epochs * setting.kwargs["epochs_fraction"]))
+        short = train(
+            splits,
+            dataclasses.replace(config, epochs=epochs),
+            seed=seed,
+            infobatch=False,
+            eval_each_epoch=True,
+        )
+        return dataclasses.replace(short, full_passes=config.epochs * len(splits.y_train))
     pruned_epochs = AnnealingSchedule(config.epochs, setting.delta).pruned_epochs
     snapshots = sorted({1, pruned_epochs // 2, pruned_epochs - 1}) if setting == DEFAULT else ()
     result = train(
@@ -250,13 +262,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training processes, each taking whole tasks (they share the results file)",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report")
+    parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 3 epochs on 2,000 samples, 2 seeds, into a temporary folder",
     )
     return parser.parse_args(argv)
+
+
+def _train_in_processes(args: argparse.Namespace, argv: list[str]) -> None:
+    """Train the tasks in ``args.jobs`` child processes (largest first), then return."""
+    costs = {"mnist_mlp": 1.0, "mnist1d": 1.2, "mnist": 1.0}  # minutes per seed and setting
+    groups: list[list[str]] = [[] for _ in range(min(args.jobs, len(args.datasets)))]
+    loads = [0.0] * len(groups)
+    for task in sorted(args.datasets, key=lambda t: -costs.get(t, 1.0)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(task)
+        loads[lightest] += costs.get(task, 1.0)
+    base = [a for a in argv if not a.startswith("--jobs")]
+    if "--jobs" in argv:  # "--jobs N" as two words
+        index = argv.index("--jobs")
+        base = argv[:index] + argv[index + 2 :]
+    children = []
+    for group in groups:
+        command = [sys.executable, __file__, *base, "--datasets", *group, "--no-report"]
+        children.append(subprocess.Popen(command))
+    failed = [child.args for child in children if child.wait() != 0]
+    if failed:
+        raise SystemExit(f"training processes failed: {failed}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(args.report) if args.report else default_report
     store = ResultStore(output / "runs.json")
     torch.set_num_threads(args.threads)
+    if args.jobs > 1 and not args.report_only:
+        _train_in_processes(args, argv or sys.argv[1:])
+        args.report_only = True
+        store = ResultStore(output / "runs.json")  # with the children's runs
     code = _code_version()
     current: dict[str, dict[str, Any]] = {}
     for dataset in args.datasets:
@@ -317,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"train {result.train_seconds:6.1f}s",
                     flush=True,
                 )
+    if args.no_report:
+        return 0
     command = COMMAND + (" --quick" if quick else "")
     if args.sweep != "reduced":
         command += f" --sweep {args.sweep}"

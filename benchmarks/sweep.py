@@ -35,6 +35,11 @@ TASKS: dict[str, tuple[str, str]] = {
 #: Policy family -> (label, description), in table order. Families group settings.
 FAMILIES: dict[str, tuple[str, str]] = {
     "full": ("full data", "every sample every epoch, plain shuffled DataLoader"),
+    "full_short": (
+        "full data, fewer epochs",
+        "every sample every epoch, for a fraction of the epochs (the one-cycle schedule "
+        "compressed to them): what the same saving buys without pruning",
+    ),
     "infobatch": (
         "InfoBatch",
         "below-mean samples dropped with probability r, the kept ones weighted 1/(1-r); "
@@ -102,7 +107,7 @@ class Setting:
     def key(self) -> str:
         """A stable identifier, stored with each run."""
         parts = [f"{name}={value}" for name, value in self.params]
-        if self.family != "full":
+        if self.family not in ("full", "full_short"):
             parts.append(f"delta={self.delta}")
         if self.score_momentum:
             parts.append(f"score_momentum={self.score_momentum}")
@@ -121,9 +126,10 @@ class Setting:
             "num_groups": "groups",
             "window_scale": "window",
             "epsilon": "eps",
+            "epochs_fraction": "epochs x",
         }
         parts = [f"{short.get(name, name)}={value}" for name, value in self.params]
-        if self.family not in ("full", "no_anneal", "static_random", "seta") and (
+        if self.family not in ("full", "full_short", "no_anneal", "static_random", "seta") and (
             self.delta != 0.875
         ):
             parts.append(f"delta={self.delta}")
@@ -156,10 +162,13 @@ SETA_DEFAULT = Setting("seta", _p(prune_ratio=0.1, num_groups=5, window_scale=0.
 
 #: Settings that push each policy's saving up (part of both sweeps).
 REDUCED_SWEEP = [
+    Setting("full_short", _p(epochs_fraction=0.75)),
+    Setting("full_short", _p(epochs_fraction=0.5)),
     Setting("infobatch", _p(prune_ratio=0.7)),
     Setting("saving_budget", _p(target=0.45)),
     Setting("low_loss", _p(prune_ratio=0.8, threshold_scale=0.25)),
     Setting("dynamic_random", _p(prune_ratio=0.3)),
+    Setting("no_rescale", _p(prune_ratio=0.7)),
     SETA_DEFAULT,
 ]
 #: What the full sweep adds.
@@ -192,11 +201,17 @@ HARD_TASK_EXTRA = [
     Setting("saving_budget", _p(target=0.35)),
     Setting("dynamic_random", _p(prune_ratio=0.2)),
     Setting("static_random", _p(keep_fraction=0.8), delta=1.0),
+    Setting("infobatch", _p(prune_ratio=0.6)),
+    Setting("infobatch", _p(prune_ratio=0.7), delta=0.75),
+    Setting("infobatch_ema", _p(prune_ratio=0.7), score_momentum=0.8),
+    Setting("epsilon_greedy", _p(epsilon=0.1, prune_ratio=0.5)),
+    Setting("ucb", _p(c=1.0, decay=0.8, prune_ratio=0.5)),
+    Setting("no_rescale", _p(prune_ratio=0.8)),
 ]
 
 #: Seeds per task in each sweep.
 SEEDS = {
-    "reduced": {"mnist1d": 3, "mnist": 3, "mnist_mlp": 8},
+    "reduced": {"mnist1d": 5, "mnist": 3, "mnist_mlp": 8},
     "full": {"mnist1d": 10, "mnist": 10, "mnist_mlp": 16},
 }
 
