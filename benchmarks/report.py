@@ -578,7 +578,11 @@ def write_report(
         for setting in current[task]["setups"]
         for run in by.get(setting.key, {}).values()
     ]
-    minutes = sum(r.get("run_seconds", r["train_seconds"]) for r in used) / 60
+    seconds = {task: 0.0 for task in chosen}
+    for run in used:
+        seconds[run["dataset"]] += run.get("run_seconds", run["train_seconds"])
+    minutes = sum(seconds.values()) / 60
+    per_task = ", ".join(f"{_label(task)} {value / 60:.0f}" for task, value in seconds.items())
     relative = _relative(output, report.parent)
     lines = [
         "# Benchmarks",
@@ -587,7 +591,8 @@ def write_report(
         f"`{_relative(output / 'runs.json', report.parent)}` by this command, run from the "
         f"repository root; it is resumable (finished runs are skipped). The {len(used)} runs "
         f"of this report ({sweep} sweep) took {minutes:.0f} minutes of one core in total "
-        "(training and per-epoch evaluation; MNIST-1D generation adds about 30 s once):",
+        f"({per_task} minutes per task; `--jobs 2` trains tasks side by side on two cores; "
+        "training and per-epoch evaluation; MNIST-1D generation adds about 30 s once):",
         "",
         "```bash",
         'pip install -e ".[demo]"',
