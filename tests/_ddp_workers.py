@@ -37,6 +37,8 @@ from infobatch import (
     class_balanced_weights,
     iterations,
 )
+from infobatch.policies import POLICIES, make_policy
+from tests.helpers import POLICY_ARGUMENTS
 
 NUM_SAMPLES = 203  # odd and not a multiple of 3: kept counts rarely divide the world size
 NUM_EPOCHS = 4
@@ -559,6 +561,37 @@ def job_control(out_dir: Path, config: dict[str, Any]) -> Record:
     return results
 
 
+def job_policies(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Every registered policy for 6 epochs: what every rank must agree on, per policy."""
+    results: Record = {}
+    for name in POLICIES:
+        rule = make_policy(name, **POLICY_ARGUMENTS[name])
+        dataset: InfoBatch[Any] = InfoBatch(
+            Blobs(NUM_SAMPLES), 6, delta=POLICIES[name].delta or 0.75, rule=rule, seed=SEED
+        )
+        loader = DataLoader(dataset, batch_size=BATCH_SIZE, sampler=dataset.sampler)
+        torch.manual_seed(dist.get_rank())  # ranks differ in their models: only merged scores agree
+        model = nn.Linear(8, 4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        hashes = []
+        for epoch in range(6):
+            dataset.sampler.set_epoch(epoch)
+            for features, labels, _index in loader:
+                loss = dataset.update(F.cross_entropy(model(features), labels, reduction="none"))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            assert dataset.sampler.plan is not None
+            hashes.append(plan_hash(dataset.sampler.plan))
+        results[name] = {
+            "hashes": hashes,
+            "scores": dataset.scores.clone(),
+            "saved": dataset.saved_fraction,
+            "rule_state": dataset.state_dict()["rule"],
+        }
+    return results
+
+
 JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "model_parallel": job_model_parallel,
     "train": job_train,
@@ -571,6 +604,7 @@ JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "leave_early": job_leave_early,
     "seeds": job_seeds,
     "control": job_control,
+    "policies": job_policies,
 }
 
 

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.utils.data import Dataset
+
+#: Arguments that make each registered policy of ``infobatch.policies`` prune on a small run.
+POLICY_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "infobatch": {"prune_ratio": 0.5},
+    "no_rescale": {"prune_ratio": 0.5},
+    "no_anneal": {"prune_ratio": 0.5},
+    "saving_budget": {"target": 0.2},
+    "dynamic_random": {"prune_ratio": 0.3},
+    "static_random": {"keep_fraction": 0.7},
+    "epsilon_greedy": {"prune_ratio": 0.3, "epsilon": 0.2},
+    "ucb": {"prune_ratio": 0.3},
+    "seta": {"prune_ratio": 0.1, "num_groups": 5, "window_scale": 0.9},
+    "low_loss": {"prune_ratio": 0.8, "threshold_scale": 0.5},
+}
 
 
 class IndexedDataset(Dataset[tuple[torch.Tensor, int]]):

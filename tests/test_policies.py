@@ -29,23 +29,11 @@ from infobatch.policies import (
     make_policy,
 )
 from infobatch.rng import random_permutation
-from tests.helpers import IndexedDataset
+from tests.helpers import POLICY_ARGUMENTS, IndexedDataset
 
 SIZE, EPOCHS = 300, 8
 
-#: Arguments that make each registered policy prune something on a small run.
-ARGUMENTS: dict[str, dict[str, Any]] = {
-    "infobatch": {"prune_ratio": 0.5},
-    "no_rescale": {"prune_ratio": 0.5},
-    "no_anneal": {"prune_ratio": 0.5},
-    "saving_budget": {"target": 0.2},
-    "dynamic_random": {"prune_ratio": 0.3},
-    "static_random": {"keep_fraction": 0.7},
-    "epsilon_greedy": {"prune_ratio": 0.3, "epsilon": 0.2},
-    "ucb": {"prune_ratio": 0.3},
-    "seta": {"prune_ratio": 0.1, "num_groups": 5, "window_scale": 0.9},
-    "low_loss": {"prune_ratio": 0.8, "threshold_scale": 0.5},
-}
+ARGUMENTS = POLICY_ARGUMENTS
 
 
 def context(epoch: int, num_samples: int = SIZE, num_epochs: int = EPOCHS) -> EpochContext:

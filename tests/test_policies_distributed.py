@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from infobatch.policies import POLICIES
-from tests._policy_workers import ARGUMENTS, launch
+from tests._ddp_workers import launch
+from tests.helpers import POLICY_ARGUMENTS as ARGUMENTS
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return launch(2, tmp_path_factory.mktemp("policies"))
+    return [r["policies"] for r in launch(2, ["policies"], tmp_path_factory.mktemp("policies"))]
 
 
 def same(left: Any, right: Any) -> bool:

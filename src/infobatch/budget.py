@@ -23,29 +23,11 @@ import torch
 from torch import Tensor
 
 from .context import EpochContext
-from .rule import Selection, SoftPruning
+from .rule import MeanThreshold, Selection, SoftPruning
 
 __all__ = ["SavingBudget"]
 
 logger = logging.getLogger("infobatch")
-
-_CHUNK = 1 << 20
-
-
-def _num_below_mean(scores: Tensor) -> int:
-    """Scored samples below the mean score (float64, a chunk at a time)."""
-    total = torch.zeros((), dtype=torch.float64, device=scores.device)
-    scored = torch.zeros((), dtype=torch.int64, device=scores.device)
-    for chunk in torch.split(scores, _CHUNK):
-        total += torch.nansum(chunk, dtype=torch.float64)
-        scored += torch.count_nonzero(~torch.isnan(chunk))
-    if int(scored) == 0:
-        return 0
-    mean = total / scored
-    below = torch.zeros((), dtype=torch.int64, device=scores.device)
-    for chunk in torch.split(scores, _CHUNK):
-        below += torch.count_nonzero(chunk.double() < mean)
-    return int(below)
 
 
 @dataclass
@@ -96,7 +78,8 @@ class SavingBudget:
         self, scores: Tensor, generator: torch.Generator, context: EpochContext
     ) -> Selection:
         """InfoBatch's rule at the ratio :meth:`ratio_for` gives."""
-        num_well = _num_below_mean(scores)
+        below = MeanThreshold.of(scores)
+        num_well = below.count_below(scores)
         ratio, reachable = self.ratio_for(context, num_well)
         if num_well and reachable < self.target - 1e-9 and not self._warned:
             self._warned = True
@@ -118,8 +101,4 @@ class SavingBudget:
             100.0 * self.target,
             100.0 * context.passes_saved / total,
         )
-        return SoftPruning(ratio).select(scores, generator)
-
-    def planned_fraction(self) -> float:
-        """The target saving (for reports next to the realised ``saved_fraction``)."""
-        return self.target
+        return SoftPruning(ratio).select_below(scores, generator, below)

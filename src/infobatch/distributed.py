@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .errors import InfoBatchError
+from .validation import SEED_LIMIT
 
 __all__ = [
     "agree_on_settings",
@@ -196,7 +197,7 @@ def agree_on_settings(
     ``settings`` are integers (floats as :func:`float_bits`). Seeds given explicitly must agree;
     without one, every rank takes rank 0's (ranks are often seeded ``seed + rank``).
     """
-    limit = 1 << 64
+    limit = SEED_LIMIT
     as_int64 = seed - limit if seed >= 1 << 63 else seed  # same bits, fits an int64 tensor
     gathered = gather_settings(collectives, [*settings.values(), as_int64, int(seed_given)])
     float_names = [name for name in settings if name in ("prune_ratio", "delta", "score_momentum")]

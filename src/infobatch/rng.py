@@ -20,7 +20,13 @@ import operator
 import torch
 from torch import Tensor
 
-__all__ = ["epoch_generator", "check_generator", "random_mask", "random_permutation"]
+__all__ = [
+    "epoch_generator",
+    "check_generator",
+    "check_uint64",
+    "random_mask",
+    "random_permutation",
+]
 
 _MASK64 = (1 << 64) - 1
 
@@ -32,7 +38,8 @@ def _splitmix64(value: int) -> int:
     return value ^ (value >> 31)
 
 
-def _uint64(name: str, value: int) -> int:
+def check_uint64(name: str, value: int) -> int:
+    """``value`` as an int in ``[0, 2**64)``, the range of seeds; else a clear error."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got bool")
     try:
@@ -61,8 +68,8 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
         ValueError: ``seed`` or ``epoch`` is outside ``[0, 2**64)``.
         TypeError: either is not an integer.
     """
-    seed = _uint64("seed", seed)
-    epoch = _uint64("epoch", epoch)
+    seed = check_uint64("seed", seed)
+    epoch = check_uint64("epoch", epoch)
     mixed = _splitmix64(_splitmix64(seed) ^ epoch)
     generator = torch.Generator(device="cpu")
     generator.manual_seed(mixed & ((1 << 63) - 1))

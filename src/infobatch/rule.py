@@ -28,6 +28,7 @@ __all__ = [
     "Selection",
     "PruningRule",
     "SoftPruning",
+    "MeanThreshold",
     "KeepAll",
     "PRUNED",
     "KEPT",
@@ -170,6 +171,41 @@ def _round_up(value: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 @dataclass(frozen=True)
+class MeanThreshold:
+    """The mean score over scored samples, as the rule compares with it.
+
+    Attributes:
+        mean: float64 mean (a 0-d device tensor; ``0`` when nothing is scored).
+        threshold: ``mean`` rounded up to the scores' dtype, so ``score < threshold`` is
+            exactly ``score < mean`` (``nan`` scores compare ``False``: never below it).
+        num_scored: scored samples (a 0-d device tensor).
+    """
+
+    mean: Tensor
+    threshold: Tensor
+    num_scored: Tensor
+
+    @classmethod
+    def of(cls, scores: Tensor) -> MeanThreshold:
+        """One chunked pass over ``scores``; no host sync."""
+        total, num_scored = _scored_sum_and_count(scores)
+        mean = total / num_scored.clamp(min=1)
+        return cls(mean, _round_up(mean, scores.dtype), num_scored)
+
+    def scaled(self, factor: float) -> MeanThreshold:
+        """The threshold at ``factor * mean``, rounded up to the scores' dtype the same way."""
+        mean = self.mean * factor
+        return MeanThreshold(mean, _round_up(mean, self.threshold.dtype), self.num_scored)
+
+    def count_below(self, scores: Tensor) -> int:
+        """Scored samples below the mean (a chunked pass, one host sync)."""
+        counts = [
+            torch.count_nonzero(torch.lt(part, self.threshold)) for part in split_in_chunks(scores)
+        ]
+        return int(counts[0] if len(counts) == 1 else torch.stack(counts).sum())
+
+
+@dataclass(frozen=True)
 class SoftPruning:
     """The InfoBatch rule: drop each below-mean sample with probability ``prune_ratio``.
 
@@ -206,9 +242,13 @@ class SoftPruning:
         compared with ``prune_ratio`` on the CPU; on an accelerator only that comparison's bool
         mask is copied, 1 byte per sample (see :mod:`infobatch.rng`).
         """
-        total, num_scored_t = _scored_sum_and_count(scores)
-        mean = total / num_scored_t.clamp(min=1)
-        threshold_t = _round_up(mean, scores.dtype)
+        return self.select_below(scores, generator, MeanThreshold.of(scores))
+
+    def select_below(
+        self, scores: Tensor, generator: torch.Generator, below: MeanThreshold
+    ) -> Selection:
+        """:meth:`select` with the mean already computed (``MeanThreshold.of(scores)``)."""
+        threshold_t, num_scored_t = below.threshold, below.num_scored
         status = torch.empty(scores.numel(), dtype=torch.int8, device=scores.device)
         well_counts = []
         for scores_part, status_part in zip(split_in_chunks(scores), split_in_chunks(status)):
@@ -222,5 +262,5 @@ class SoftPruning:
             del well, drop
         num_well_t = well_counts[0] if len(well_counts) == 1 else torch.stack(well_counts).sum()
         num_scored, num_well = (int(v) for v in torch.stack([num_scored_t, num_well_t]).tolist())
-        threshold = float(mean) if num_scored else float("nan")
+        threshold = float(below.mean) if num_scored else float("nan")
         return Selection(status, self.weight, threshold, num_scored, num_well)

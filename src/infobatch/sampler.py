@@ -529,7 +529,6 @@ class InfoBatchSampler(Sampler[int]):
                 f"{life.epoch} were updated; call update() once per batch. If your "
                 "DataLoader keeps the last partial batch, build InfoBatch with drop_last=False"
             )
-        self._finish_merge()  # only pending if updates came out of order; normally a no-op
         if loss.device != self._scores.device:
             plan = self._move_to(loss.device, plan)
         start, end = life.consumed, life.consumed + batch

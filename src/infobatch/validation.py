@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SEED_LIMIT", "check_seed", "check_flag", "check_per_sample", "check_indices"]
+from .rng import check_uint64
+
+__all__ = [
+    "SEED_LIMIT",
+    "check_seed",
+    "check_flag",
+    "check_positive_int",
+    "check_per_sample",
+    "check_indices",
+]
 
 #: Seeds are integers in ``[0, SEED_LIMIT)``, as ``torch.initial_seed()`` returns them.
 SEED_LIMIT = 1 << 64
 
 
 def check_seed(seed: Any) -> int:
-    """``seed`` as an int in ``[0, 2**64)`` (numpy integers accepted)."""
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= int(seed) < SEED_LIMIT:
-        raise ValueError(f"Invalid seed {seed}, seed should be in the interval [0, 2**64 - 1]")
-    return int(seed)
+    """``seed`` as an int in ``[0, 2**64)`` (numpy integers accepted, bools refused)."""
+    if isinstance(seed, np.bool_):
+        raise TypeError("seed must be an int, got bool")
+    return check_uint64("seed", seed)
 
 
 def check_flag(name: str, value: Any) -> bool:

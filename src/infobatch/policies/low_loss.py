@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from ..rng import random_mask
-from ..rule import KEPT, UPWEIGHTED, Selection, split_in_chunks
+from ..rule import MeanThreshold, Selection, SoftPruning
 from ._common import check_fraction
 
 __all__ = ["LowLossPruning"]
@@ -29,9 +26,8 @@ class LowLossPruning:
     added noise than the mean threshold: the saving comes from the many nearly-solved samples,
     and the samples just below the mean, which still teach, are left alone.
 
-    O(N) per epoch, no sort: the mean is summed a chunk at a time (float64), one coin per
-    sample is drawn from the CPU generator (as :class:`~infobatch.SoftPruning` does), and the
-    ``int8`` status is written chunk by chunk.
+    O(N) per epoch, no sort: :class:`~infobatch.SoftPruning` with its threshold scaled, so the
+    coins, the chunked status and the exact comparison are InfoBatch's own.
 
     Args:
         prune_ratio (float, optional): probability of dropping a low-loss sample, ``[0, 1)``.
@@ -53,28 +49,8 @@ class LowLossPruning:
 
     def select(self, scores: Tensor, generator: torch.Generator) -> Selection:
         """One coin per sample; drop the low-loss samples whose coin falls under the ratio."""
-        total = torch.zeros((), dtype=torch.float64, device=scores.device)
-        scored = torch.zeros((), dtype=torch.int64, device=scores.device)
-        for chunk in split_in_chunks(scores):
-            total += torch.nansum(chunk, dtype=torch.float64)
-            scored += chunk.numel() - torch.count_nonzero(torch.isnan(chunk))
-        num_scored = int(scored)
-        threshold = float(total) / max(num_scored, 1) * self.threshold_scale
-        status = torch.empty(scores.numel(), dtype=torch.int8, device=scores.device)
-        num_low = torch.zeros((), dtype=torch.int64, device=scores.device)
-        for part, status_part in zip(split_in_chunks(scores), split_in_chunks(status)):
-            low = part.double() < threshold  # nan < x is False: unscored samples are kept
-            drop = random_mask(part.numel(), self.prune_ratio, generator, scores.device) & low
-            torch.add(low.view(torch.int8), KEPT, out=status_part)  # KEPT or UPWEIGHTED
-            status_part.sub_(drop.view(torch.int8), alpha=UPWEIGHTED)  # dropped: PRUNED
-            num_low += torch.count_nonzero(low)
-        return Selection(
-            status,
-            self.weight,
-            threshold if num_scored else math.nan,
-            num_scored,
-            int(num_low),
-        )
+        below = MeanThreshold.of(scores).scaled(self.threshold_scale)
+        return SoftPruning(self.prune_ratio).select_below(scores, generator, below)
 
     def __repr__(self) -> str:
         return (
