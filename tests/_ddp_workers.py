@@ -31,6 +31,7 @@ from infobatch import (
     InfoBatch,
     InfoBatchError,
     PendingReduce,
+    Phase,
     SavingBudget,
     TorchCollectives,
     WeightedSampling,
@@ -233,13 +234,15 @@ def model_parameters(run: Run) -> list[Tensor]:
 
 
 def checkpoint(run: Run, path: Path) -> None:
-    """Save on rank 0 only, as users do; every rank waits until the file exists."""
+    """The README's pattern: the state of every rank gathered (on every rank), rank 0 saves,
+    every rank waits until the file exists."""
+    infobatch = run.dataset.state_dict(all_ranks=True)
     if dist.get_rank() == 0:
         torch.save(
             {
                 "model": run.model.module.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
-                "infobatch": run.dataset.state_dict(),
+                "infobatch": infobatch,
             },
             path,
         )
@@ -592,6 +595,166 @@ def job_policies(out_dir: Path, config: dict[str, Any]) -> Record:
     return results
 
 
+# ---------------------------------------------------------------------- stop and relaunch
+#: Where the stop-and-relaunch runs checkpoint in epoch ``STOP_EPOCH``: batches trained there
+#: (a negative count is from the epoch's end: -1 before its last batch, 0 after it), how the
+#: state is saved ("own": each rank its own file, "all": one ``all_ranks=True`` state saved by
+#: rank 0), and the gradient accumulation of the run (3 batches with 2 per step: inside a group).
+STOP_EPOCH = 1
+STOPS: dict[str, dict[str, Any]] = {
+    "early": dict(batches=1, save="own", accumulation=1),
+    "middle": dict(batches=5, save="all", accumulation=1),
+    "last_batch": dict(batches=-1, save="own", accumulation=1),
+    "epoch_end": dict(batches=0, save="all", accumulation=1),
+    "in_accumulation": dict(batches=3, save="own", accumulation=2),
+    "in_accumulation_all": dict(batches=5, save="all", accumulation=2),
+}
+
+
+def train_with_accumulation(
+    run: Run,
+    epochs: range,
+    accumulation: int,
+    *,
+    stop: dict[str, Any] | None = None,
+    path: Path | None = None,
+    counters: dict[str, int] | None = None,
+) -> Record:
+    """The README's loop with ``accumulation`` batches per optimizer step (the epoch's last
+    group steps too). With ``stop``, checkpoint there and return, as a stopped process would."""
+    counters = counters or {"micro": 0, "steps": 0}
+    trained: dict[int, list[int]] = {}
+    for epoch in epochs:
+        run.dataset.set_epoch(epoch)
+        length = len(run.loader)
+        done = run.dataset.sampler.position // BATCH_SIZE  # batches already trained (resumed)
+        stop_at = None
+        if stop is not None and epoch == STOP_EPOCH:
+            stop_at = stop["batches"] if stop["batches"] > 0 else done + length + stop["batches"]
+        for features, labels, index in run.loader:
+            loss = F.cross_entropy(run.model(features), labels, reduction="none")
+            (run.dataset.update(loss) / accumulation).backward()
+            counters["micro"] += 1
+            if counters["micro"] == accumulation or run.dataset.sampler.phase is Phase.COMPLETE:
+                run.optimizer.step()
+                run.optimizer.zero_grad()
+                counters["micro"], counters["steps"] = 0, counters["steps"] + 1
+            trained.setdefault(epoch, []).extend(index.tolist())
+            done += 1
+            if stop_at is not None and done == stop_at:
+                assert path is not None
+                save_stopped(run, path, stop["save"], counters)
+                return {"trained": trained, "counters": dict(counters)}
+    return {
+        "trained": trained,
+        "counters": dict(counters),
+        "parameters": model_parameters(run),
+        "scores": run.dataset.scores.clone(),
+        "history": [s.as_dict() for s in run.dataset.history],
+    }
+
+
+def save_stopped(run: Run, path: Path, save: str, counters: dict[str, int]) -> None:
+    """Save model, optimizer, gradients (inside an accumulation group) and InfoBatch."""
+    rank = dist.get_rank()
+    grads = [None if p.grad is None else p.grad.clone() for p in run.model.parameters()]
+    common = {
+        "model": run.model.module.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "grads": grads,
+        "counters": dict(counters),
+    }
+    if save == "own":
+        torch.save(run.dataset.state_dict(), path.with_suffix(f".rank{rank}.pt"))
+        if rank == 0:
+            torch.save(common, path)
+    else:
+        state = run.dataset.state_dict(all_ranks=True)
+        if rank == 0:
+            torch.save({**common, "infobatch": state}, path)
+    dist.barrier()
+
+
+def relaunch(path: Path, save: str) -> tuple[Run, dict[str, int]]:
+    """A fresh process's run restored from a stopped run's files."""
+    saved = torch.load(path, weights_only=False)
+    run = make_run("default")
+    run.model.module.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    for parameter, grad in zip(run.model.parameters(), saved["grads"]):
+        parameter.grad = grad
+    if save == "own":
+        state = torch.load(path.with_suffix(f".rank{dist.get_rank()}.pt"), weights_only=False)
+    else:
+        state = saved["infobatch"]
+    run.dataset.load_state_dict(state)
+    return run, dict(saved["counters"])
+
+
+def job_uninterrupted(out_dir: Path, config: dict[str, Any]) -> Record:
+    """The runs the stopped and relaunched ones are compared with, per accumulation."""
+    return {
+        accumulation: train_with_accumulation(make_run("default"), range(NUM_EPOCHS), accumulation)
+        for accumulation in sorted({stop["accumulation"] for stop in STOPS.values()})
+    }
+
+
+def job_stop(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Train to each stop position, checkpoint there and stop (the process then exits)."""
+    return {
+        name: train_with_accumulation(
+            make_run("default"),
+            range(NUM_EPOCHS),
+            stop["accumulation"],
+            stop=stop,
+            path=out_dir / f"{name}.pt",
+        )
+        for name, stop in STOPS.items()
+    }
+
+
+def job_relaunch(out_dir: Path, config: dict[str, Any]) -> Record:
+    """In new processes: resume each stopped run from its files and train to the end."""
+    results: Record = {}
+    for name, stop in STOPS.items():
+        run, counters = relaunch(out_dir / f"{name}.pt", stop["save"])
+        results[name] = train_with_accumulation(
+            run, range(run.dataset.epoch, NUM_EPOCHS), stop["accumulation"], counters=counters
+        )
+    return results
+
+
+def job_wrong_checkpoints(out_dir: Path, config: dict[str, Any]) -> Record:
+    """Two ways to resume wrongly; each must raise on the ranks, never train on silently."""
+    rank = dist.get_rank()
+    results: Record = {}
+    # 1. Rank 0's own mid-epoch state loaded on every rank.
+    run = make_run("default")
+    stop = STOPS["middle"] | {"save": "own"}
+    train_with_accumulation(run, range(NUM_EPOCHS), 1, stop=stop, path=out_dir / "own.pt")
+    try:
+        make_run("default").dataset.load_state_dict(
+            torch.load(out_dir / "own.rank0.pt", weights_only=False)
+        )
+        results["rank_0_state"] = None
+    except InfoBatchError as error:
+        results["rank_0_state"] = str(error)
+    # 2. Ranks resuming from different boundary checkpoints: rank 1's table is altered.
+    run = make_run("default")
+    train_epochs(run, range(2))
+    state = run.dataset.state_dict()
+    if rank == 1:  # the same samples below the mean, so the same batches: no hang in DDP
+        state["scores"] = state["scores"] * 1.5
+    resumed = make_run("default")
+    resumed.dataset.load_state_dict(state)
+    try:
+        train_epochs(resumed, range(2, NUM_EPOCHS))
+        results["different_tables"] = None
+    except InfoBatchError as error:
+        results["different_tables"] = str(error)
+    return results
+
+
 JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "model_parallel": job_model_parallel,
     "train": job_train,
@@ -605,6 +768,10 @@ JOBS: dict[str, Callable[[Path, dict[str, Any]], Record]] = {
     "seeds": job_seeds,
     "control": job_control,
     "policies": job_policies,
+    "uninterrupted": job_uninterrupted,
+    "stop": job_stop,
+    "relaunch": job_relaunch,
+    "wrong_checkpoints": job_wrong_checkpoints,
 }
 
 

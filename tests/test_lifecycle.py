@@ -35,7 +35,7 @@ def test_updates_start_then_complete_the_epoch_and_the_next_iteration_moves_on()
     life.planned(0, 10)
     life.open_pass()
     assert life.receive(4) is True  # the epoch's first update starts it
-    assert life.phase is Phase.TRAINING and life.trained
+    assert life.phase is Phase.TRAINING
     assert life.receive(6) is False
     assert life.epoch_to_plan_for_len() is None  # the pass under way keeps its length
     assert life.remaining() == 10

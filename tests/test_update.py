@@ -200,7 +200,26 @@ def test_skipped_updates_are_reported_when_the_next_epoch_starts() -> None:
     list(sampler)
     sampler.update(torch.rand(4))
     with pytest.warns(UserWarning, match="6 of the 10 samples planned for epoch 0"):
-        iter(sampler)
+        sampler.set_epoch(1)
+
+
+def test_a_loop_after_an_epoch_that_missed_updates_raises_at_its_first_update() -> None:
+    # The first loop handed out all 10 samples but only 4 reached update() (e.g. a DataLoader
+    # with drop_last=True and InfoBatch without): a new loop cannot be told from an evaluation
+    # pass while the last batches are in flight, so it changes nothing, and its first update
+    # raises with the fix instead of recording the new loop's losses on epoch 0's samples.
+    sampler = InfoBatchSampler(10, num_epochs=3)
+    list(sampler)
+    sampler.update(torch.rand(4))
+    second = iter(sampler)
+    assert next(second) == sampler.plan.order[0]  # type: ignore[union-attr]
+    before = sampler.scores.clone()
+    with pytest.raises(InfoBatchError, match="6 still waiting for update.*drop_last=True"):
+        sampler.update(torch.rand(4))
+    assert torch.equal(sampler.scores.isnan(), before.isnan()) and sampler.position == 4
+    del second  # the second loop closed: the earlier epoch's last batches may arrive
+    sampler.update(torch.rand(4))
+    assert sampler.position == 8
 
 
 def test_invalid_samples_get_no_score_weight_zero_and_no_warning() -> None:

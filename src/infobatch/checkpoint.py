@@ -8,12 +8,18 @@ A state is a plain dict of primitives and CPU tensors under string keys, with a 
 * where training stands: ``epoch`` and ``position`` (losses received in that epoch on this
   rank), and ``plan`` (``None`` at an epoch boundary, where the plan is rebuilt exactly from
   ``(seed, epoch, scores)``; else the epoch's order and status);
-* ``scores`` (float32, ``nan`` = never scored), ``history`` (one dict per epoch) and
-  ``nonfinite_count``.
+* ``scores`` (float32, ``nan`` = never scored; under several ranks the table as of the last
+  cross-rank merge), ``history`` (one dict per epoch) and ``nonfinite_count``;
+* since version 3: ``rank``, ``unmerged`` (this rank's scores not yet merged across ranks, with
+  its position, or ``None``), ``unmerged_by_rank`` (every rank's, in an ``all_ranks`` state),
+  ``digest`` (of the plan being trained, see :mod:`infobatch.merge`), and what shapes a plan
+  beyond the settings: ``sampling`` (the user's draws: their number and a hash of the weights)
+  and ``rule_identity`` (the pruning rule's type and settings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -29,12 +35,14 @@ __all__ = [
     "check_state",
     "state_of",
     "load_state_of",
+    "rule_identity",
+    "sampling_identity",
 ]
 
 #: Version key written by :meth:`InfoBatchSampler.state_dict`.
-STATE_VERSION = 2
-#: Versions :meth:`InfoBatchSampler.load_state_dict` reads (1: infobatch 0.1).
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+#: Versions :meth:`InfoBatchSampler.load_state_dict` reads (1: infobatch 0.1, 2: 0.2).
+READABLE_VERSIONS = (1, 2, 3)
 
 _REQUIRED = ("epoch", "position", "plan", "scores", "history")
 _SETTINGS = (
@@ -47,6 +55,28 @@ _SETTINGS = (
     "drop_last",
 )
 _ADDED_SINCE_VERSION_1 = {"num_iterations": None, "score_momentum": 0.0}
+_ADDED_IN_VERSION_3 = ("sampling", "rule_identity")  # not checked in older states
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def rule_identity(rule: object) -> str:
+    """The pruning rule's type and plain settings, e.g. ``"SavingBudget(target=0.4, ...)"``."""
+    name = type(rule).__qualname__
+    if not dataclasses.is_dataclass(rule):
+        return name
+    shown = [
+        f"{field.name}={getattr(rule, field.name)!r}"
+        for field in dataclasses.fields(rule)
+        if field.compare and isinstance(getattr(rule, field.name), _PLAIN)
+    ]
+    return f"{name}({', '.join(shown)})"
+
+
+def sampling_identity(sampling: Any) -> str | None:
+    """``WeightedSampling(num_draws=D, weights hash H)``, or ``None`` without one."""
+    if sampling is None:
+        return None
+    return f"WeightedSampling(num_draws={sampling.num_draws}, weights hash {sampling.digest():#x})"
 
 
 def plan_state(plan: EpochPlan) -> dict[str, Any]:
@@ -99,6 +129,14 @@ def check_state(state: Any, settings: dict[str, Any]) -> None:
     missing = set(_REQUIRED) - state.keys()
     if missing:
         raise ValueError(f"InfoBatch state is missing keys {sorted(missing)}")
+    for key in _ADDED_IN_VERSION_3:
+        if key in state and state[key] != settings[key]:
+            raise ValueError(
+                f"checkpoint was saved with {key.replace('_identity', '')}={state[key]!r} but "
+                f"this InfoBatch has {settings[key]!r}; build it with the same "
+                f"{'sampling= (weights and num_draws)' if key == 'sampling' else 'rule='} "
+                "to resume"
+            )
     for key in _SETTINGS:
         if state.get(key, _ADDED_SINCE_VERSION_1.get(key)) != settings[key]:
             raise ValueError(

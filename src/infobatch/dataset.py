@@ -118,9 +118,15 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         """Make the next iteration train ``epoch`` (:meth:`InfoBatchSampler.set_epoch`)."""
         self._sampler.set_epoch(epoch)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Checkpoint state (scores, epoch, position, statistics)."""
-        return self._sampler.state_dict()
+    def end_epoch(self) -> None:
+        """End a partly trained epoch on purpose (:meth:`InfoBatchSampler.end_epoch`)."""
+        self._sampler.end_epoch()
+
+    def state_dict(self, *, all_ranks: bool = False) -> dict[str, Any]:
+        """Checkpoint state (scores, epoch, position, statistics); under several processes
+        ``all_ranks=True`` (on every rank) makes one state that resumes every rank
+        (:meth:`InfoBatchSampler.state_dict`)."""
+        return self._sampler.state_dict(all_ranks=all_ranks)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""

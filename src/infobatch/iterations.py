@@ -40,8 +40,21 @@ def iterations(loader: Iterable[T], num_iterations: int, start: int = 0) -> Iter
             if remaining == 0:
                 return
         empty_passes = 0 if yielded else empty_passes + 1
+        if empty_passes > 1 and _kept_nothing(loader):
+            raise InfoBatchError(
+                "InfoBatch's plan kept no sample in two passes in a row, so the run cannot "
+                "advance: the pruning rule or ratio prunes every sample of this dataset. Use a "
+                "lower ratio (or keep_fraction) or a larger dataset"
+            )
         if empty_passes > 1:  # one empty pass (drop_last on a small pruned pass) is fine
             raise InfoBatchError(
                 "the loader yielded no batch in two passes in a row: the dataset is smaller "
                 "than one batch with drop_last=True; use a smaller batch or drop_last=False"
             )
+
+
+def _kept_nothing(loader: object) -> bool:
+    """The loader's InfoBatch sampler planned a pass with no sample."""
+    sampler = getattr(loader, "sampler", None)
+    plan = getattr(sampler, "plan", None)
+    return plan is not None and plan.num_kept == 0

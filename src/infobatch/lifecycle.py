@@ -14,8 +14,17 @@ handed out, losses arrived). Every rule about epochs lives here::
 * An iteration that receives no update (an evaluation pass over the training loader, a peek
   with ``next(iter(loader))``, a second loader) neither starts nor ends an epoch: the next
   iteration yields the same plan again.
-* An epoch starts at its first update and is complete at its last expected one. An iteration
-  begun after that, or after an epoch broken off early, trains the next epoch.
+* An epoch starts at its first update and is complete at its last expected one (at once, for
+  an epoch that keeps no sample). An iteration begun after that, or after an epoch broken off
+  early, trains the next epoch.
+* An iteration begun while a pass is training the epoch (it has received updates and its
+  iterator is still open: an evaluation pass over the training loader, a peek, a second loader
+  during the epoch) is a *side pass*: it yields the epoch's indices and changes nothing; the
+  running pass keeps training its epoch.
+* A checkpoint taken in a partly trained epoch resumes the rest of it, whether its loop is
+  still running or was broken off (a preemption: stop, save, exit). To cut an epoch short on
+  purpose (a step cap), ``end_epoch()`` after the break completes it: the next iteration and a
+  checkpoint then go to the next epoch, without a warning about the missing updates.
 * ``set_epoch(e)`` followed by a loop trains epoch ``e``, always (``DistributedSampler``'s
   contract): for the epoch already planned and untouched it does nothing, for the epoch that
   was (partly) trained it restarts the same plan, for another epoch it plans that one.
@@ -55,7 +64,6 @@ class EpochLifecycle:
         passes: iterations started so far; a newer one retires the older iterators.
         pass_open: an iteration of the current plan has started.
         abandoned: the current pass's iterator was closed before its end (``break``).
-        trained: updates arrived since the current epoch's scores were last merged.
     """
 
     epoch: int = 0
@@ -68,7 +76,6 @@ class EpochLifecycle:
     passes: int = 0
     pass_open: bool = False
     abandoned: bool = False
-    trained: bool = False
 
     # ------------------------------------------------------------------ questions
     def epoch_to_plan_for_iteration(self) -> int | None:
@@ -78,6 +85,10 @@ class EpochLifecycle:
         if self.phase is Phase.READY:
             return None
         return self.epoch + 1
+
+    def side_pass(self) -> bool:
+        """An iteration begun now is a side pass: a pass is open and training the epoch."""
+        return self.phase is Phase.TRAINING and not self.abandoned
 
     def epoch_to_plan_for_len(self) -> int | None:
         """Like :meth:`epoch_to_plan_for_iteration`, but a pass under way keeps its length."""
@@ -113,6 +124,18 @@ class EpochLifecycle:
         """Train the current plan again from its start (``set_epoch`` of this epoch)."""
         self.planned(self.epoch, self.length)
 
+    def end_early(self) -> bool:
+        """Complete a partly trained epoch now (a step cap); returns whether it was one.
+
+        A pass still open is retired: its iterator yields nothing more.
+        """
+        if self.phase is not Phase.TRAINING:
+            return False
+        self.passes += 1
+        self.pass_open = False
+        self.phase = Phase.COMPLETE
+        return True
+
     def open_pass(self) -> int:
         """An iteration of the ``READY`` plan starts; returns its pass number."""
         if self.phase is not Phase.READY:
@@ -132,7 +155,6 @@ class EpochLifecycle:
         first = self.phase is Phase.READY
         if first:
             self.phase = Phase.TRAINING
-        self.trained = True
         self.consumed += count
         return first
 

@@ -18,6 +18,8 @@ from .checkpoint import (
     load_state_of,
     plan_from_state,
     plan_state,
+    rule_identity,
+    sampling_identity,
     state_of,
 )
 from .context import EpochAwareRule, EpochContext, WithContext
@@ -30,6 +32,7 @@ from .distributed import (
 )
 from .errors import InfoBatchError
 from .lifecycle import EpochLifecycle, Phase
+from .merge import ScoreMerge, fold_parts, gather_parts, plan_digest
 from .plan import EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
@@ -180,8 +183,12 @@ class InfoBatchSampler(Sampler[int]):
             collectives = TorchCollectives()
         self._collectives = collectives
         self._scores = ScoreTable(
-            num_samples, track_updates=collectives is not None, momentum=score_momentum
+            num_samples,
+            track_updates=collectives is not None,
+            momentum=score_momentum,
+            spare=ScoreMerge.SPARE if collectives is not None else 0,
         )
+        self._merge = ScoreMerge(self._scores, collectives) if collectives is not None else None
         if collectives is not None:
             self.seed = agree_on_settings(
                 collectives,
@@ -198,6 +205,7 @@ class InfoBatchSampler(Sampler[int]):
                     "num_replicas": self.num_replicas,
                     "batch_size": self.batch_size if self.batch_size is not None else -1,
                     "sampling_draws": sampling.num_draws if sampling is not None else -1,
+                    "sampling_weights": sampling.digest() if sampling is not None else -1,
                 },
                 self.seed,
                 self.seed_given,
@@ -210,6 +218,7 @@ class InfoBatchSampler(Sampler[int]):
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
         self._history: dict[int, EpochStats] = {}
         self._resumed_epoch: int | None = None  # set by load_state_dict until training goes on
+        self._side_passes = 0  # iterations open beside the pass training the epoch
         self._nonfinite_total = 0
         self._saturated_total = 0
 
@@ -269,7 +278,7 @@ class InfoBatchSampler(Sampler[int]):
         score merge that update started (no new collective).
         """
         self._finish_merge()
-        return self._scores.values
+        return self._scores.view()
 
     @property
     def plan(self) -> EpochPlan | None:
@@ -315,15 +324,31 @@ class InfoBatchSampler(Sampler[int]):
         changes nothing); the next epoch's after an epoch completed or was broken off.
         """
         life = self._life
+        if life.side_pass():  # a pass is training this epoch: this one changes nothing
+            return self._side_pass(self._share_cpu[life.start :])
         epoch = life.epoch_to_plan_for_iteration()
         if epoch is not None:
             self._move_to_epoch(epoch)
         pass_number = life.open_pass()
         self._batches.new_pass()
-        if self._batches.pass_is_empty(life.remaining()):  # drop_last drops every batch
-            self._record_stats()
+        remaining = life.remaining()
+        if remaining == 0 or self._batches.pass_is_empty(remaining):
+            self._record_stats()  # an epoch that keeps no sample (or drop_last drops all)
             life.complete()
-        return self._generate(pass_number, life.start)
+        return self._generate(pass_number, life.start, self._share_cpu)
+
+    def end_epoch(self) -> None:
+        """End a partly trained epoch here, on purpose (a step cap per epoch).
+
+        A checkpoint taken in a partly trained epoch resumes the rest of that epoch, also after
+        its loop was broken off, as a preemption wants (stop, save, exit). After a loop cut at
+        a step cap, call this (on every rank): the epoch is complete, its scores are merged
+        across ranks, and the next loop and a checkpoint go to the next epoch, without the
+        warning about samples that never reached update(). Does nothing if the epoch is not
+        partly trained.
+        """
+        if self._life.end_early():
+            self._start_merge()
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration train ``epoch`` (as with ``DistributedSampler``).
@@ -351,10 +376,18 @@ class InfoBatchSampler(Sampler[int]):
             self._settle()
             self._life.restart()
 
-    def _generate(self, pass_number: int, start: int) -> Iterator[int]:
+    def _side_pass(self, share: Tensor) -> Iterator[int]:
+        self._side_passes += 1
+        try:
+            for chunk in torch.split(share, _YIELD_CHUNK):
+                yield from chunk.tolist()
+        finally:
+            self._side_passes -= 1
+
+    def _generate(self, pass_number: int, start: int, share: Tensor) -> Iterator[int]:
         life, position, finished = self._life, start, False
         try:
-            for chunk in torch.split(self._share_cpu[start:], _YIELD_CHUNK):
+            for chunk in torch.split(share[start:], _YIELD_CHUNK):
                 for index in chunk.tolist():
                     if life.passes != pass_number:
                         return  # a newer iteration has taken over
@@ -385,6 +418,8 @@ class InfoBatchSampler(Sampler[int]):
         if self.sampling is not None:
             plan = self.sampling.compose(plan, generator)
         self._install(plan, position=0)
+        if self._merge is not None:
+            self._merge.planned(plan_digest(plan, self._scores.values))
 
     def _context(self, epoch: int) -> EpochContext:
         schedule = self.schedule
@@ -416,23 +451,25 @@ class InfoBatchSampler(Sampler[int]):
                 f"{missing} of the {life.length} samples planned for epoch {life.epoch} on "
                 "this rank never reached update() (the loop was broken off, or update() was "
                 "not called for every batch); they keep their previous scores. If your "
-                "DataLoader uses drop_last=True, pass drop_last=True to InfoBatch as well.",
+                "DataLoader uses drop_last=True, pass drop_last=True to InfoBatch as well; "
+                "to cut epochs short on purpose, call end_epoch() after the break.",
                 stacklevel=4,
             )
         self._start_merge()
 
     def _start_merge(self) -> None:
         """Start the cross-rank merge of this epoch's scores (returns at once)."""
-        if self._life.trained and self._collectives is not None:
-            self._scores.start_merge(self._collectives.start_all_reduce_max)
-        self._life.trained = False
+        if self._merge is not None:
+            self._merge.start(self._life.epoch)
 
     def _finish_merge(self) -> None:
         """Wait for a started merge; a rank that never joins it becomes a clear error."""
-        if not self._scores.merge_pending:
+        if self._merge is None or not self._merge.pending:
             return
         try:
-            self._scores.finish_merge()
+            self._merge.finish()
+        except InfoBatchError:
+            raise
         except RuntimeError as error:
             timeout = getattr(self._collectives, "timeout", None)
             raise InfoBatchError(
@@ -529,6 +566,16 @@ class InfoBatchSampler(Sampler[int]):
                 f"{life.epoch} were updated; call update() once per batch. If your "
                 "DataLoader keeps the last partial batch, build InfoBatch with drop_last=False"
             )
+        if self._side_passes and life.yielded == life.length:
+            raise InfoBatchError(
+                f"update() received losses while a second iteration over the loader is open, "
+                f"after epoch {life.epoch}'s pass handed out all its samples with "
+                f"{life.length - life.consumed} still waiting for update(): infobatch cannot "
+                "tell whether these losses are that epoch's last batches or a new loop's. If "
+                "the earlier loop is over, some of its batches never reached update(): call "
+                "update() once per batch, and if your DataLoader uses drop_last=True, pass "
+                "drop_last=True to InfoBatch as well"
+            )
         if loss.device != self._scores.device:
             plan = self._move_to(loss.device, plan)
         start, end = life.consumed, life.consumed + batch
@@ -560,7 +607,10 @@ class InfoBatchSampler(Sampler[int]):
             weights.masked_fill_(~valid.to(weights.device), 0.0)
         self._scores.record(batch_indices, score if score is not None else loss, valid)
         self._plan_fresh = False
-        weighted = (loss.to(accumulate) * weights).sum() / batch
+        terms = loss.to(accumulate)
+        if valid is not None:  # a masked-out loss (e.g. 0/0 = nan) must not reach the result
+            terms = torch.where(valid.to(terms.device), terms, 0.0)
+        weighted = (terms * weights).sum() / batch
         if self._batches.ends_epoch(end, life.length):
             life.complete()
             self._start_merge()
@@ -571,16 +621,29 @@ class InfoBatchSampler(Sampler[int]):
         self._scores.to(device)
         self._plan = plan.to(device)
         self._share = self._share.to(device)
+        if self._merge is not None and self._merge.digest is not None:
+            self._merge.digest = self._merge.digest.to(device)
         return self._plan
 
     # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, all_ranks: bool = False) -> dict[str, Any]:
         """Everything needed to resume: settings, scores, epoch, position, statistics.
 
         Randomness needs no state: each epoch's generator is derived from ``(seed, epoch)``.
-        Mid-epoch, the current plan is included so the epoch continues exactly. Runs no
-        collective (call it on rank 0 only if you like); right after an epoch's last update
-        it waits for the score merge that update started.
+        Mid-epoch (also after a loop broken off early, as a preemption stops), the current plan
+        is included so the epoch continues exactly; after :meth:`end_epoch` the state resumes
+        at the next epoch. Right after an epoch's last update it waits for the score
+        merge that update started.
+
+        Under ``torch.distributed`` each rank holds scores the others do not have yet until
+        the epoch's merge (mid-epoch, or after a broken-off epoch): this rank's are in its
+        state, so save and load each rank's own state, or pass ``all_ranks=True``.
+
+        Args:
+            all_ranks (bool, optional): call it on every rank; every rank then returns one
+                state holding every rank's unmerged scores (three small ``all_gather`` calls
+                on infobatch's own process group), so rank 0 can save it alone and every
+                rank load it. Default: ``False`` (this rank's state, no collective).
         """
         self._settle()
         life = self._life
@@ -591,7 +654,10 @@ class InfoBatchSampler(Sampler[int]):
             position, saved_plan = life.consumed, plan_state(self._plan)
         elif self._plan is not None and (life.resume_at > 0 or not self._plan_fresh):
             position, saved_plan = life.resume_at, plan_state(self._plan)
-        return {
+        merge = self._merge
+        part = merge.part(position) if merge is not None else None
+        digest = merge.digest if merge is not None else None
+        state = {
             "version": STATE_VERSION,
             "num_samples": self.num_samples,
             "num_epochs": self.num_epochs,
@@ -604,21 +670,30 @@ class InfoBatchSampler(Sampler[int]):
             "drop_last": self.drop_last,
             "batch_size": self.batch_size,
             "num_replicas": self.num_replicas,
+            "rank": self.rank,
+            "sampling": sampling_identity(self.sampling),
+            "rule_identity": rule_identity(self.rule),
             "epoch": epoch,
             "position": position,
             "plan": saved_plan,
             "scores": self._scores.values.cpu().clone(),
+            "unmerged": part,
+            "digest": None if digest is None else [int(v) for v in digest.tolist()],
             "history": [s.as_dict() for s in self.history if s.epoch < epoch or saved_plan],
             "nonfinite_count": self._nonfinite_total,
             "rule": state_of(self.rule),
         }
+        if all_ranks and merge is not None:
+            state["unmerged_by_rank"] = gather_parts(merge.collectives, part, self.num_replicas)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; the sampler's settings must match the saved ones.
 
         A checkpoint taken at an epoch boundary may be loaded with any number of replicas;
-        one taken mid-epoch needs the same number of replicas. A sampler built without
-        ``seed=`` takes the checkpoint's seed.
+        one taken mid-epoch needs the same number of replicas, and each rank needs its own
+        state or an ``all_ranks=True`` one. A sampler built without ``seed=`` takes the
+        checkpoint's seed.
         """
         check_state(
             state,
@@ -630,6 +705,8 @@ class InfoBatchSampler(Sampler[int]):
                 "delta": self.delta,
                 "score_momentum": self.score_momentum,
                 "drop_last": self.drop_last,
+                "sampling": sampling_identity(self.sampling),
+                "rule_identity": rule_identity(self.rule),
             },
         )
         saved_seed = check_seed(state.get("seed"))
@@ -639,12 +716,35 @@ class InfoBatchSampler(Sampler[int]):
                 f"seed={self.seed}; build it with the same seed (or none) to resume"
             )
         epoch, position, saved_plan = state["epoch"], state["position"], state["plan"]
-        if saved_plan is not None and state.get("num_replicas") != self.num_replicas:
+        same_world = state.get("num_replicas") == self.num_replicas
+        if saved_plan is not None and not same_world:
             raise ValueError(
                 f"checkpoint was taken mid-epoch with num_replicas={state.get('num_replicas')} "
                 f"but this run has {self.num_replicas}; resume mid-epoch with the same number "
                 "of processes, or from a checkpoint taken at an epoch boundary"
             )
+        scores = state["scores"]
+        part, parts = state.get("unmerged"), state.get("unmerged_by_rank")
+        if parts is not None:
+            if not isinstance(parts, list) or len(parts) != state.get("num_replicas"):
+                raise ValueError("InfoBatch state 'unmerged_by_rank' needs one entry per rank")
+            part = parts[self.rank] if same_world else None
+            if not same_world:  # a boundary: fold every rank's part, as the merge would
+                scores = fold_parts(scores, parts)
+        elif part is not None and (state.get("rank") != self.rank or not same_world):
+            raise InfoBatchError(
+                f"this InfoBatch checkpoint is rank {state.get('rank')}'s state of "
+                f"{state.get('num_replicas')} ranks, taken while its scores were not yet "
+                "merged across the ranks (mid-epoch), so it "
+                f"cannot resume rank {self.rank} exactly: that rank's unmerged scores are not "
+                "in it. Save dataset.state_dict(all_ranks=True) on every rank (one state for "
+                "all ranks; save it from rank 0), or save and load each rank's own "
+                "state_dict(); checkpoints taken right after an epoch's end load anywhere."
+            )
+        if part is not None and self._merge is None:
+            scores, part = fold_parts(scores, [part]), None
+        if part is not None:
+            position = part.get("position", position)
         plan = None
         if saved_plan is not None:
             plan = plan_from_state(saved_plan, epoch, self.num_samples, self._scores.device)
@@ -653,7 +753,15 @@ class InfoBatchSampler(Sampler[int]):
                 raise ValueError(f"invalid position {position!r} in InfoBatch state")
         self._settle()
         self.seed = saved_seed
-        self._scores.load(state["scores"])
+        self._scores.load(scores)
+        if self._merge is not None:
+            self._merge.load_part(part)
+            digest = state.get("digest")
+            self._merge.planned(
+                None
+                if digest is None
+                else torch.tensor(digest, dtype=torch.int64, device=self._scores.device)
+            )
         self._history = {int(d["epoch"]): EpochStats(**d) for d in state["history"]}
         self._nonfinite_total = int(state.get("nonfinite_count", 0))
         self._iterations_done = int(state.get("iterations_done", 0))
@@ -661,7 +769,6 @@ class InfoBatchSampler(Sampler[int]):
             load_state_of(self.rule, state["rule"])
         self._resumed_epoch = epoch
         self._life.passes += 1  # retire any live iterator
-        self._life.trained = False
         self._batches.new_pass()
         if plan is None:
             self._plan = None
@@ -676,6 +783,7 @@ class InfoBatchSampler(Sampler[int]):
         self._finish_merge()
         state = self.__dict__.copy()
         state["_collectives"] = None
+        state["_merge"] = None
         if self._scores.device.type != "cpu":
             scores = ScoreTable.__new__(ScoreTable)
             scores.__dict__.update(self._scores.__dict__)

@@ -25,6 +25,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from .hashing import hash_int64
 from .plan import PRUNED, EpochPlan, index_dtype
 from .rng import check_generator
 
@@ -71,6 +72,10 @@ class WeightedSampling:
             raise ValueError(f"Invalid num_draws {num_draws!r}, num_draws should be >= 1")
         object.__setattr__(self, "weights", values)
         object.__setattr__(self, "num_draws", draws)
+
+    def digest(self) -> int:
+        """A 64-bit hash of the weights' bits and the number of draws (to compare settings)."""
+        return int(hash_int64(self.weights.view(torch.int64))) ^ self.num_draws
 
     def draw(self, generator: torch.Generator) -> Tensor:
         """``num_draws`` indices (int64, CPU) by inverse-CDF sampling from the CPU generator.

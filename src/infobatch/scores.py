@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
-
-from .distributed import PendingReduce
 
 __all__ = ["ScoreTable"]
 
@@ -20,17 +16,30 @@ class ScoreTable:
     Recording never synchronises host and device: non-finite scores are skipped and counted in
     a device tensor that is read once per epoch (:meth:`pop_counts`).
 
+    Under several ranks (``track_updates=True``) the table has two parts: :attr:`values`, the
+    table as of the last cross-rank merge (the same on every rank), and a local part holding
+    the scores this rank recorded since then (``-inf`` where it recorded none; recorded scores
+    are always finite). :meth:`view` is this rank's table, the merge (:mod:`infobatch.merge`)
+    reduces the local part over the ranks and folds it into :attr:`values`, and a checkpoint
+    carries the local part (:meth:`local_entries`), so a run resumed mid-epoch merges exactly
+    what the uninterrupted run merges.
+
     Args:
         num_samples (int): dataset size.
-        track_updates (bool): keep a mask of samples recorded since the last merge, needed
-            to combine the tables of several ranks (:meth:`start_merge`). Default ``False``.
+        track_updates (bool): keep the local part (see above). Default ``False``.
         momentum (float): ``0`` (default) stores the latest score, InfoBatch's definition;
             ``m`` in ``(0, 1)`` stores an exponential moving average ``m * old + (1 - m) *
             new`` (a sample's first score is stored as it is).
+        spare (int): extra float32 slots after the local part, sent along with it in the merge
+            (the merge's digest). Default ``0``.
     """
 
     def __init__(
-        self, num_samples: int, track_updates: bool = False, momentum: float = 0.0
+        self,
+        num_samples: int,
+        track_updates: bool = False,
+        momentum: float = 0.0,
+        spare: int = 0,
     ) -> None:
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
             raise TypeError(f"score_momentum must be a float, got {type(momentum).__name__}")
@@ -40,20 +49,40 @@ class ScoreTable:
                 "[0, 1) (0 = the latest loss, InfoBatch's score)"
             )
         self.momentum = float(momentum)
+        self.num_samples = num_samples
         self.values = torch.full((num_samples,), float("nan"), dtype=torch.float32)
         self._finite = torch.zeros((), dtype=torch.int64)  # finite scores received (on device)
         self._saturated = torch.zeros((), dtype=torch.int64)  # float64 scores beyond float32
         self._invalid = torch.zeros((), dtype=torch.int64)  # entries marked not valid
         self._received = 0  # scores received, finite or not
-        self._pending: tuple[Tensor, PendingReduce] | None = None  # a merge under way
-        self._updated: Tensor | None = (
-            torch.zeros(num_samples, dtype=torch.bool) if track_updates else None
+        self._buffer: Tensor | None = (
+            torch.full((num_samples + spare,), float("-inf"), dtype=torch.float32)
+            if track_updates
+            else None
         )
+        self.local_dirty = False  # scores were recorded (or loaded) into the local part
 
     @property
     def device(self) -> torch.device:
         """Where the table lives."""
         return self.values.device
+
+    @property
+    def tracks_updates(self) -> bool:
+        """The table keeps this rank's unmerged scores apart (several ranks)."""
+        return self._buffer is not None
+
+    @property
+    def buffer(self) -> Tensor:
+        """The local part followed by the spare slots (what the merge reduces, in place)."""
+        if self._buffer is None:
+            raise RuntimeError("this ScoreTable was built without track_updates=True")
+        return self._buffer
+
+    @property
+    def local(self) -> Tensor:
+        """This rank's scores since the last merge (``-inf``: none recorded)."""
+        return self.buffer[: self.num_samples]
 
     def to(self, device: torch.device) -> None:
         """Move the table (in place) to ``device``."""
@@ -61,8 +90,15 @@ class ScoreTable:
         self._finite = self._finite.to(device)
         self._saturated = self._saturated.to(device)
         self._invalid = self._invalid.to(device)
-        if self._updated is not None:
-            self._updated = self._updated.to(device)
+        if self._buffer is not None:
+            self._buffer = self._buffer.to(device)
+
+    def view(self) -> Tensor:
+        """Every sample's latest score as this rank knows it (a new tensor under several ranks)."""
+        if self._buffer is None:
+            return self.values
+        local = self.local
+        return torch.where(torch.eq(local, float("-inf")), self.values, local)
 
     def record(self, indices: Tensor, scores: Tensor, valid: Tensor | None = None) -> None:
         """Store ``scores`` (any float dtype) for ``indices``; non-finite scores are skipped.
@@ -86,15 +122,21 @@ class ScoreTable:
             scores = scores.clamp(-_FLOAT32_MAX, _FLOAT32_MAX)
         scores = scores.to(torch.float32)
         previous = self.values.index_select(0, indices)
+        local_previous: Tensor | None = None
+        if self._buffer is not None:
+            local_previous = self.local.index_select(0, indices)
+            unrecorded = torch.eq(local_previous, float("-inf"))
+            previous = torch.where(unrecorded, previous, local_previous)
         if self.momentum:
             average = previous * self.momentum + scores * (1.0 - self.momentum)
             scores = torch.where(torch.isnan(previous), scores, average)
-        recorded = torch.where(finite, scores, previous)
-        self.values.index_put_((indices,), recorded)
+        if local_previous is None:
+            self.values.index_put_((indices,), torch.where(finite, scores, previous))
+        else:
+            self.local.index_put_((indices,), torch.where(finite, scores, local_previous))
+            self.local_dirty = True
         self._finite.add_(torch.count_nonzero(finite))
         self._received += scores.numel()
-        if self._updated is not None:
-            self._updated[indices] = self._updated.index_select(0, indices) | finite
 
     @property
     def has_counts(self) -> bool:
@@ -114,37 +156,32 @@ class ScoreTable:
         self._received = 0
         return nonfinite, saturated
 
-    @property
-    def merge_pending(self) -> bool:
-        """A merge was started and not finished yet."""
-        return self._pending is not None
+    def fold(self, reduced: Tensor) -> None:
+        """Take the merged local parts ``reduced`` (``-inf``: no rank recorded) into
+        :attr:`values` and empty the local part. In place: no N-float allocation."""
+        keep = torch.eq(reduced, float("-inf"))
+        torch.where(keep, self.values, reduced, out=self.values)
+        self.local.fill_(float("-inf"))
+        self.local_dirty = False
 
-    def start_merge(self, start_all_reduce_max: Callable[[Tensor], PendingReduce]) -> None:
-        """Start combining the updates of all ranks since the last merge (one element-wise max).
+    def local_entries(self) -> tuple[Tensor, Tensor]:
+        """This rank's unmerged scores as ``(indices int64, scores float32)`` on the CPU."""
+        local = self.local
+        indices = torch.nonzero(torch.ne(local, float("-inf"))).flatten()
+        return indices.cpu(), local.index_select(0, indices).cpu()
 
-        Every rank contributes the scores it recorded (``-inf`` elsewhere); samples recorded on
-        no rank keep their value. Returns at once; :meth:`finish_merge` applies the result.
-        No score may be recorded in between.
-        """
-        if self._updated is None:
-            raise RuntimeError("start_merge() needs a ScoreTable built with track_updates=True")
-        if self._pending is not None:
-            raise RuntimeError("a merge is already under way; finish_merge() first")
-        contribution = torch.where(self._updated, self.values, float("-inf"))
-        self._pending = (contribution, start_all_reduce_max(contribution))
-
-    def finish_merge(self) -> None:
-        """Wait for the merge started by :meth:`start_merge` and apply it (no-op if none)."""
-        if self._pending is None:
-            return
-        contribution, pending = self._pending
-        self._pending = None
-        pending.wait()
-        assert self._updated is not None
-        # In place, reusing the update mask: one N-float allocation per merge, not two.
-        unrecorded = torch.eq(contribution, float("-inf"), out=self._updated)
-        self.values = torch.where(unrecorded, self.values, contribution, out=contribution)
-        self._updated.zero_()
+    def load_local(self, indices: Tensor, scores: Tensor) -> None:
+        """Restore :meth:`local_entries` output (a checkpoint's)."""
+        if indices.shape != scores.shape or indices.ndim != 1:
+            raise ValueError("InfoBatch state 'unmerged' must hold 1-d indices and scores")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_samples):
+            raise ValueError("InfoBatch state 'unmerged' has indices outside the dataset")
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError("InfoBatch state 'unmerged' holds non-finite scores")
+        local = self.local
+        local.fill_(float("-inf"))
+        local.index_put_((indices.to(self.device),), scores.to(self.device, torch.float32))
+        self.local_dirty = True
 
     def load(self, values: Tensor) -> None:
         """Replace all scores (a checkpoint's), keeping the table's device."""
@@ -154,5 +191,6 @@ class ScoreTable:
                 f"{self.values.numel()} samples; resume with the same dataset"
             )
         self.values = values.detach().to(device=self.device, dtype=torch.float32).clone()
-        if self._updated is not None:
-            self._updated.zero_()
+        if self._buffer is not None:
+            self.local.fill_(float("-inf"))
+        self.local_dirty = False

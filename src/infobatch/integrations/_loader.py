@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader
 
-from ..lifecycle import Phase
 from ..sampler import InfoBatchSampler
 
-__all__ = ["infobatch_sampler_of", "load_rank_state", "mid_epoch", "rank_states"]
+__all__ = ["infobatch_sampler_of", "load_rank_state", "rank_states"]
 
 
 def infobatch_sampler_of(loader: DataLoader[Any], caller: str) -> InfoBatchSampler:
@@ -27,31 +25,14 @@ def infobatch_sampler_of(loader: DataLoader[Any], caller: str) -> InfoBatchSampl
     )
 
 
-def mid_epoch(sampler: InfoBatchSampler) -> bool:
-    """Whether the sampler stands inside an epoch: losses of it arrived, not all of them.
-
-    Also true for a plan loaded from a mid-epoch checkpoint and not trained further yet. At
-    that point each rank's scores of the epoch are its own (they are merged at the epoch's
-    end). The answer is the same on every rank, which moves in step with the others.
-    """
-    phase = sampler.phase
-    return phase is Phase.TRAINING or (phase is Phase.READY and sampler.position > 0)
-
-
 def rank_states(sampler: InfoBatchSampler) -> dict[str, Any]:
-    """``{"world_size": W, "ranks": [state of rank 0, ...]}``: every rank's state mid-epoch.
+    """``{"world_size": W, "ranks": [state]}``: one state that resumes every rank exactly.
 
-    Call it on every rank (checkpoint code that runs everywhere): mid-epoch under several
-    processes it runs one ``all_gather_object``; at an epoch boundary all ranks hold the same
-    table and this rank's state is the one entry.
+    Call it on every rank (checkpoint code that runs everywhere): under several processes the
+    state holds every rank's scores not yet merged across ranks (``state_dict(all_ranks=True)``,
+    three small ``all_gather`` calls on infobatch's own process group).
     """
-    state = sampler.state_dict()
-    world = sampler.num_replicas
-    if not mid_epoch(sampler) or world == 1 or not dist.is_initialized():
-        return {"world_size": world, "ranks": [state]}
-    states: list[Any] = [None] * world
-    dist.all_gather_object(states, state)
-    return {"world_size": world, "ranks": states}
+    return {"world_size": sampler.num_replicas, "ranks": [sampler.state_dict(all_ranks=True)]}
 
 
 def load_rank_state(sampler: InfoBatchSampler, state: dict[str, Any]) -> None:

@@ -113,11 +113,12 @@ class AllRanksState:
 
     ``save_state`` writes only the main process's copy of a registered object. Mid-epoch,
     each rank's InfoBatch state holds scores the others do not have yet (they are merged at
-    the epoch's end), so this wrapper's :meth:`state_dict` gathers every rank's state (one
-    ``all_gather_object``, mid-epoch only: at an epoch boundary all ranks hold the same table
-    and this rank's state is saved alone). :meth:`load_state_dict` gives each rank its own
-    part, so a run resumed mid-epoch with the same number of processes continues exactly; at a
-    boundary any number of processes can resume.
+    the epoch's end), so this wrapper's :meth:`state_dict` (called on every rank by
+    ``save_state``) is ``state_dict(all_ranks=True)``: one state with every rank's unmerged
+    scores (three small ``all_gather`` calls on infobatch's own process group).
+    :meth:`load_state_dict` gives each rank its own part, so a run resumed mid-epoch with the
+    same number of processes continues exactly; at a boundary any number of processes can
+    resume.
 
     Args:
         dataset (InfoBatch or InfoBatchSampler): whose sampler state to checkpoint.

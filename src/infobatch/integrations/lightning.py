@@ -47,9 +47,10 @@ Why each piece (Lightning 2.6, measured):
   ``self.trainer.estimated_stepping_batches`` (full-data steps on a fresh run; a resumed
   run re-sizes it from the resumed epoch, which changes nothing for schedules written in
   ``pos / steps``, such as the one above, and shifts step-count warmups).
-* The callback's checkpoint state holds every rank's InfoBatch state mid-epoch (the scores
-  each rank recorded before the checkpoint are merged only at the epoch's end), so a run
-  resumed mid-epoch with the same number of processes continues exactly. The loader
+* The callback's checkpoint state holds every rank's unmerged scores (those each rank
+  recorded before a mid-epoch checkpoint are merged only at the epoch's end), so a run
+  resumed mid-epoch with the same number of processes continues exactly, this epoch and the
+  next ones. The loader
   implements Lightning's ``state_dict``/``load_state_dict`` protocol (its state: the epoch
   and position the sampler resumes at, checked on load), so Lightning knows it resumes
   mid-epoch and does not warn that the dataloader "is not resumable".
@@ -235,7 +236,8 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Every rank's InfoBatch state (gathered mid-epoch, see the module docstring)."""
+        """One InfoBatch state for every rank (``state_dict(all_ranks=True)``; Lightning calls
+        this on every rank)."""
         if self._sampler is None:
             return {}
         return rank_states(self._sampler)

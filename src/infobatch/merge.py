@@ -1,0 +1,201 @@
+"""The cross-rank score merge: what is pending, the collective in flight, the digest check.
+
+Under ``torch.distributed`` each rank records the losses of its own share of the plan. Once per
+epoch, started by the epoch's last update and finished when the next epoch is planned, one
+asynchronous ``all_reduce(MAX)`` combines the ranks' unmerged scores (the local part of the
+:class:`~infobatch.scores.ScoreTable`, ``-inf`` where a rank recorded nothing) into the table
+every rank plans from.
+
+The same collective carries a digest of the plan each rank trained (epoch, kept count,
+threshold bits, a hash of the scores it was planned from and of its order), as values and
+negated values, so that after the reduction every rank holds the maximum and the minimum of
+each part: when they differ, the ranks planned differently (their shares overlapped, some
+samples were trained twice and others never) and every rank raises the same
+:class:`~infobatch.errors.InfoBatchError`, instead of training on silently.
+
+What a checkpoint carries (:meth:`ScoreMerge.part` and :func:`gather_parts`): this rank's
+unmerged scores, or every rank's, so that a run resumed at any point merges exactly what the
+uninterrupted run merges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .distributed import Collectives, PendingReduce, float_bits
+from .errors import InfoBatchError
+from .hashing import hash_int64
+from .plan import EpochPlan
+from .scores import ScoreTable
+
+__all__ = ["ScoreMerge", "plan_digest", "DIGEST_FIELDS", "gather_parts", "fold_parts"]
+
+#: What the digest of a plan holds, in order.
+DIGEST_FIELDS = ("epoch", "kept count", "threshold", "score table", "order")
+_CHUNK_BITS = (24, 24, 16)  # an int64 in float32-exact chunks (integers below 2**24)
+_SLOTS = len(DIGEST_FIELDS) * len(_CHUNK_BITS)
+
+
+def plan_digest(plan: EpochPlan, scores: Tensor) -> Tensor:
+    """The digest of ``plan`` made from ``scores`` (int64, one value per :data:`DIGEST_FIELDS`).
+
+    Equal on every rank that planned the same epoch from the same table. No host sync.
+    """
+    header = torch.tensor(
+        [plan.epoch, plan.num_kept, float_bits(plan.threshold), 0, 0], dtype=torch.int64
+    ).to(scores.device)
+    header[3] = hash_int64(scores.view(torch.int32))
+    header[4] = hash_int64(plan.order.to(scores.device))
+    return header
+
+
+def _as_slots(digest: Tensor) -> Tensor:
+    """``digest`` split into float32 slots exactly representable (chunks below 2**24)."""
+    parts, shift = [], 0
+    for bits in _CHUNK_BITS:
+        parts.append(torch.bitwise_and(torch.bitwise_right_shift(digest, shift), (1 << bits) - 1))
+        shift += bits
+    return torch.stack(parts, dim=1).flatten().to(torch.float32)
+
+
+class ScoreMerge:
+    """The once-per-epoch merge of the ranks' scores, with the check that they planned alike.
+
+    Args:
+        scores (ScoreTable): this rank's table, built with ``track_updates=True`` and
+            ``spare=ScoreMerge.SPARE``.
+        collectives (Collectives): the cross-rank operations (a private process group).
+    """
+
+    #: Float32 slots the merge sends after the scores (the digest, and its negation).
+    SPARE = 2 * _SLOTS
+
+    def __init__(self, scores: ScoreTable, collectives: Collectives) -> None:
+        if scores.buffer.numel() != scores.num_samples + self.SPARE:
+            raise ValueError("the ScoreTable needs spare=ScoreMerge.SPARE slots for the digest")
+        self.scores = scores
+        self.collectives = collectives
+        self.digest: Tensor | None = None  # of the plan being trained (int64 on the device)
+        self._pending: tuple[PendingReduce, Tensor, int] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """A merge was started and not finished yet."""
+        return self._pending is not None
+
+    def planned(self, digest: Tensor | None) -> None:
+        """The digest of the plan the ranks train now (``None``: unknown, e.g. an old state)."""
+        self.digest = digest
+
+    def start(self, epoch: int) -> None:
+        """Start merging the unmerged scores (returns at once), if any were recorded.
+
+        Every rank that trained the epoch calls it at the same point: the epoch's last update,
+        or the planning of the next epoch after a broken-off one.
+        """
+        if self._pending is not None or not self.scores.local_dirty:
+            return
+        buffer = self.scores.buffer
+        digest = self.digest
+        if digest is None:
+            digest = torch.zeros(len(DIGEST_FIELDS), dtype=torch.int64, device=buffer.device)
+        slots = _as_slots(digest.to(buffer.device))
+        n = self.scores.num_samples
+        buffer[n : n + _SLOTS] = slots
+        buffer[n + _SLOTS :] = -slots
+        self._pending = (self.collectives.start_all_reduce_max(buffer), slots, epoch)
+
+    def finish(self) -> None:
+        """Wait for the started merge, check the digests, fold the result into the table.
+
+        Raises:
+            InfoBatchError: on every rank, if the ranks' plans differ; the waiting error of the
+                collective (a timeout) is left to the caller.
+        """
+        if self._pending is None:
+            return
+        pending, _slots, epoch = self._pending
+        self._pending = None
+        pending.wait()
+        buffer, n = self.scores.buffer, self.scores.num_samples
+        high = buffer[n : n + _SLOTS].view(len(DIGEST_FIELDS), len(_CHUNK_BITS))
+        low = -buffer[n + _SLOTS :].view(len(DIGEST_FIELDS), len(_CHUNK_BITS))
+        differs = torch.ne(high, low).any(dim=1).tolist()
+        if any(differs):
+            fields = ", ".join(f for f, d in zip(DIGEST_FIELDS, differs) if d)
+            self.scores.local.fill_(float("-inf"))
+            self.scores.local_dirty = False
+            raise InfoBatchError(
+                f"InfoBatch's ranks planned epoch {epoch} differently (their {fields} differ), "
+                "so their shares overlapped: some samples were trained twice and others "
+                "never. Usual causes: the ranks resumed from different checkpoints, or from a "
+                "mid-epoch checkpoint without every rank's unmerged scores (save "
+                "dataset.state_dict(all_ranks=True) on every rank, or each rank's own "
+                "state_dict()), or their datasets or settings differ. Restart every rank from "
+                "the same checkpoint."
+            )
+        self.scores.fold(buffer[:n])
+
+    def part(self, position: int) -> dict[str, Any] | None:
+        """What a checkpoint needs of this rank: its unmerged scores and position, or ``None``
+        when it recorded nothing since the last merge."""
+        if not self.scores.local_dirty:
+            return None
+        indices, values = self.scores.local_entries()
+        return {"indices": indices, "scores": values, "position": position}
+
+    def load_part(self, part: dict[str, Any] | None) -> None:
+        """Restore :meth:`part` output."""
+        if part is None:
+            self.scores.local.fill_(float("-inf"))
+            self.scores.local_dirty = False
+            return
+        if not isinstance(part, dict) or not {"indices", "scores"} <= part.keys():
+            raise ValueError("InfoBatch state 'unmerged' must be a dict of indices and scores")
+        self.scores.load_local(part["indices"], part["scores"])
+
+
+def gather_parts(
+    collectives: Collectives, part: dict[str, Any] | None, num_replicas: int
+) -> list[dict[str, Any] | None]:
+    """Every rank's :meth:`ScoreMerge.part`, by three ``all_gather`` calls (call on every rank)."""
+    count = -1 if part is None else int(part["indices"].numel())
+    position = 0 if part is None else int(part["position"])
+    sizes = collectives.all_gather(torch.tensor([count, position], dtype=torch.int64))
+    longest = max(1, *(int(s[0]) for s in sizes))
+    indices = torch.full((longest,), -1, dtype=torch.int64)
+    scores = torch.zeros(longest, dtype=torch.float32)
+    if part is not None:
+        indices[:count] = part["indices"]
+        scores[:count] = part["scores"]
+    all_indices = collectives.all_gather(indices)
+    all_scores = collectives.all_gather(scores.view(torch.int32))
+    parts: list[dict[str, Any] | None] = []
+    for rank in range(num_replicas):
+        n, at = (int(v) for v in sizes[rank].tolist())
+        if n < 0:
+            parts.append(None)
+            continue
+        parts.append(
+            {
+                "indices": all_indices[rank][:n].clone(),
+                "scores": all_scores[rank][:n].view(torch.float32).clone(),
+                "position": at,
+            }
+        )
+    return parts
+
+
+def fold_parts(values: Tensor, parts: Sequence[dict[str, Any] | None]) -> Tensor:
+    """The table the merge of ``parts`` would give from ``values`` (a new CPU tensor)."""
+    merged = torch.full_like(values, float("-inf"))
+    for part in parts:
+        if part is not None and part["indices"].numel():
+            merged.index_reduce_(
+                0, part["indices"], part["scores"].to(values.dtype), "amax", include_self=True
+            )
+    return torch.where(torch.eq(merged, float("-inf")), values, merged)
