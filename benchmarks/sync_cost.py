@@ -1,12 +1,14 @@
 """Per-epoch cross-rank synchronisation cost of InfoBatch, next to an all-reduce of N floats.
 
 Under ``torch.distributed`` InfoBatch synchronises once per epoch: at the epoch's last
-``update()`` the score table is merged with :meth:`infobatch.ScoreTable.merge` (each rank puts
-the scores it recorded this epoch, ``-inf`` elsewhere, into an ``N``-float tensor; one
-``all_reduce(MAX)``; the result replaces the recorded entries). For each dataset size ``N`` this
+``update()`` the score table is merged by :class:`infobatch.merge.ScoreMerge` (each rank's
+scores recorded this epoch live in an ``N``-float local part, ``-inf`` elsewhere, followed by
+the plan digest; one ``all_reduce(MAX)`` of it, in place; the digests are compared and the
+result is folded into the table). For each dataset size ``N`` this
 script times, in the same run and interleaved repetition by repetition:
 
-* ``merge``: that whole epoch-end merge, each rank having recorded its half of the samples;
+* ``merge``: that whole epoch-end merge, each rank having recorded its half of the samples,
+  including the hash of the table its digest holds (made when the epoch is planned);
 * ``all_reduce``: a plain ``all_reduce(SUM)`` of ``N`` float32 (the floor for moving the table);
 * ``per-step gather``: what a per-step design pays instead (the official code all-gathers each
   batch's indices and losses every step): one ``all_gather`` of a batch's int64 indices and
@@ -41,6 +43,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from infobatch import ScoreTable, TorchCollectives
+from infobatch.hashing import hash_int64, sum_bits
+from infobatch.merge import DIGEST_FIELDS, ScoreMerge
 
 DEFAULT_SIZES = (1_000_000, 10_000_000)
 
@@ -79,8 +83,11 @@ def measure_size(
     """Median merge, all-reduce and per-step gather times for ``num_samples`` samples."""
     rank, world = dist.get_rank(), dist.get_world_size()
     collectives = TorchCollectives()
-    table = ScoreTable(num_samples, track_updates=True)
+    table = ScoreTable(num_samples, track_updates=True, spare=ScoreMerge.SPARE)
     table.to(device)
+    score_merge = ScoreMerge(table, collectives)
+    kept_order = torch.randperm(num_samples // 2, generator=torch.Generator().manual_seed(0))
+    kept_order = kept_order.to(device)
     mine = torch.arange(rank, num_samples, world, device=device)  # this rank's trained samples
     losses = torch.rand(mine.numel(), generator=torch.Generator().manual_seed(rank)).to(device)
     floats = torch.ones(num_samples, dtype=torch.float32, device=device)
@@ -90,8 +97,13 @@ def measure_size(
     gathered_losses = [torch.empty_like(batch_losses) for _ in range(world)]
 
     def merge() -> None:  # started by the epoch's last update, finished by the next planning
-        table.start_merge(collectives.start_all_reduce_max)
-        table.finish_merge()
+        # the plan digest the merge checks: its hashes of the table are made at planning
+        digest = torch.zeros(len(DIGEST_FIELDS), dtype=torch.int64, device=device)
+        digest[3] = sum_bits(table.values)
+        digest[4] = hash_int64(kept_order)  # the plan's order: about half the table here
+        score_merge.planned(digest)
+        score_merge.start(epoch=0)
+        score_merge.finish()
 
     def all_reduce() -> None:
         dist.all_reduce(floats)

@@ -75,4 +75,4 @@ def test_wrong_checkpoints_raise_on_the_ranks_instead_of_diverging(
     for result in (rank_0, rank_1):
         message = result["different_tables"]
         assert message is not None and "InfoBatch's ranks planned epoch 2 differently" in message
-        assert "threshold, score table" in message
+        assert "they differ in: threshold, score table" in message

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from infobatch import STATE_VERSION, InfoBatch
+from infobatch import STATE_VERSION, InfoBatch, SavingBudget, SoftPruning, WeightedSampling
 
 NUM_EPOCHS = 6
 
@@ -196,3 +196,104 @@ def test_going_back_to_an_earlier_epoch_right_after_a_resume_is_warned() -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resumed.sampler.set_epoch(3)  # the right epoch: silent
+
+
+# ---------------------------------------------------------------------- what shapes a plan
+def _mid_epoch_state(**settings: Any) -> dict[str, Any]:
+    dataset = InfoBatch(TensorDataset(torch.arange(40.0)), num_epochs=4, seed=3, **settings)
+    loader = DataLoader(dataset, batch_size=8, sampler=dataset.sampler)
+    for step, (x,) in enumerate(loader):
+        dataset.update(x.float())
+        if step == 1:
+            break
+    return dataset.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("saved", "loading", "named"),
+    [
+        (dict(sampling=WeightedSampling(torch.ones(40), 40)), {}, "sampling"),
+        (
+            dict(sampling=WeightedSampling(torch.ones(40), 40)),
+            dict(sampling=WeightedSampling(torch.ones(40), 10)),
+            "sampling",
+        ),
+        (
+            dict(sampling=WeightedSampling(torch.ones(40), 40)),
+            dict(sampling=WeightedSampling(torch.arange(1.0, 41.0), 40)),
+            "sampling",
+        ),
+        (dict(rule=SavingBudget(0.3)), {}, "rule"),
+        (dict(rule=SavingBudget(0.3)), dict(rule=SavingBudget(0.2)), "rule"),
+    ],
+)
+def test_a_checkpoint_is_refused_by_a_sampler_that_would_plan_differently(
+    saved: dict[str, Any], loading: dict[str, Any], named: str
+) -> None:
+    state = _mid_epoch_state(**saved)
+    other = InfoBatch(TensorDataset(torch.arange(40.0)), num_epochs=4, seed=3, **loading)
+    with pytest.raises(ValueError, match=f"saved with {named}=.*build it with the same"):
+        other.load_state_dict(state)
+    same = InfoBatch(TensorDataset(torch.arange(40.0)), num_epochs=4, seed=3, **saved)
+    same.load_state_dict(state)  # the same settings load
+    assert same.sampler.position == 16
+
+
+def test_the_default_rule_and_the_same_rule_given_explicitly_are_interchangeable() -> None:
+    state = _mid_epoch_state()
+    explicit = InfoBatch(TensorDataset(torch.arange(40.0)), 4, seed=3, rule=SoftPruning(0.5))
+    explicit.load_state_dict(state)
+    assert explicit.sampler.position == 16
+
+
+# ---------------------------------------------------------------------- a deliberate break
+def _break_each_epoch(dataset: InfoBatch[Any], epochs: range, cap: int, end: bool) -> list[int]:
+    loader = DataLoader(dataset, batch_size=8, sampler=dataset.sampler)
+    batches = []
+    for _epoch in epochs:
+        count = 0
+        for (x,) in loader:
+            dataset.update(x.float())
+            count += 1
+            if count == cap:
+                break
+        if end:
+            dataset.end_epoch()
+        batches.append(count)
+    return batches
+
+
+def test_a_checkpoint_after_a_break_resumes_the_rest_of_that_epoch() -> None:
+    # A preemption: stop, save, exit. The relaunched run finishes the epoch first.
+    first = InfoBatch(TensorDataset(torch.arange(40.0)), num_epochs=4, prune_ratio=0.0, seed=3)
+    _break_each_epoch(first, range(1), cap=2, end=False)
+    state = first.state_dict()
+    assert (state["epoch"], state["position"]) == (0, 16)
+    resumed = InfoBatch(TensorDataset(torch.arange(40.0)), num_epochs=4, prune_ratio=0.0, seed=3)
+    resumed.load_state_dict(state)
+    loader = DataLoader(resumed, batch_size=8, sampler=resumed.sampler)
+    assert len(loader) == 3 and resumed.epoch == 0
+
+
+def test_end_epoch_after_a_step_cap_makes_the_resumed_run_go_on_like_the_uninterrupted_one() -> (
+    None
+):
+    def build() -> InfoBatch[Any]:
+        return InfoBatch(TensorDataset(torch.arange(40.0)), num_epochs=4, seed=3)
+
+    straight = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deliberate cut is not warned about
+        expected = _break_each_epoch(straight, range(4), cap=2, end=True)
+    first = build()
+    _break_each_epoch(first, range(2), cap=2, end=True)
+    state = first.state_dict()
+    assert (state["epoch"], state["plan"]) == (2, None)
+    resumed = build()
+    resumed.load_state_dict(state)
+    after = _break_each_epoch(resumed, range(2, 4), cap=2, end=True)
+    assert expected == [2, 2, 2, 2] and after == [2, 2]
+    assert torch.equal(resumed.scores.isnan(), straight.scores.isnan())
+    finite = ~straight.scores.isnan()
+    assert torch.equal(resumed.scores[finite], straight.scores[finite])
+    assert [s.epoch for s in resumed.history] == [0, 1, 2, 3]

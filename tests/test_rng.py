@@ -134,3 +134,19 @@ def test_random_permutation_is_a_cpu_permutation() -> None:
         expected = torch.randperm(50, generator=torch.Generator().manual_seed(3), dtype=dtype)
         assert permutation.dtype == dtype and torch.equal(permutation, expected)
         assert sorted(permutation.tolist()) == list(range(50))
+
+
+def test_the_digests_tell_apart_a_changed_value_and_a_swap_and_agree_on_equal_tensors() -> None:
+    from infobatch.hashing import hash_int64, sum_bits
+
+    values = torch.rand(1001, generator=torch.Generator().manual_seed(0))
+    changed = values.clone()
+    changed[500] = torch.nextafter(changed[500], torch.tensor(2.0))
+    assert sum_bits(values) == sum_bits(values.clone()) != sum_bits(changed)
+    assert sum_bits(values[1:]) == sum_bits(values[1:].clone())  # odd offset and length
+    order = torch.randperm(70000, generator=torch.Generator().manual_seed(1))
+    swapped = order.clone()
+    swapped[[3, 69000]] = swapped[[69000, 3]]
+    assert hash_int64(order) == hash_int64(order.clone()) != hash_int64(swapped)
+    assert hash_int64(order.int()) == hash_int64(order)
+    assert torch.equal(order, torch.randperm(70000, generator=torch.Generator().manual_seed(1)))

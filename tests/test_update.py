@@ -257,3 +257,28 @@ def test_score_momentum_keeps_a_moving_average_and_is_checkpointed() -> None:
         InfoBatchSampler(4, num_epochs=4, prune_ratio=0.0, seed=0).load_state_dict(state)
     with pytest.raises(ValueError, match=r"Invalid score_momentum 1.0, .* interval \[0, 1\)"):
         InfoBatchSampler(4, num_epochs=4, score_momentum=1.0)
+
+
+def take_last(sampler: InfoBatchSampler) -> torch.Tensor:
+    """The indices of the batch of 4 that the last update received."""
+    share = sampler.plan.share(0, 1)  # type: ignore[union-attr]
+    return share[sampler.position - 4 : sampler.position].long()
+
+
+def test_a_masked_out_nan_loss_does_not_reach_the_result_or_the_gradients() -> None:
+    # A sample with no target token: its per-sample mean is 0/0 = nan; valid=False masks it.
+    sampler, indices_of_epoch = scored_sampler()
+    take(indices_of_epoch, 4)
+    token_losses = torch.tensor([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0], [4.0, 0.0]])
+    token_losses.requires_grad_(True)
+    counts = torch.tensor([2.0, 0.0, 2.0, 1.0])
+    per_sample = token_losses.sum(dim=1) / counts  # [2, nan, 2, 4]
+    valid = counts > 0
+    result = sampler.update(per_sample, valid=valid)
+    assert torch.isfinite(result)
+    masked = torch.where(valid, per_sample, 0.0).detach()
+    weights = sampler.plan.weights_of(take_last(sampler))  # type: ignore[union-attr]
+    assert torch.equal(result, (masked * weights).sum() / 4)
+    result.backward()
+    assert token_losses.grad is not None
+    assert torch.isfinite(token_losses.grad[valid]).all()

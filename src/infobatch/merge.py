@@ -7,7 +7,8 @@ asynchronous ``all_reduce(MAX)`` combines the ranks' unmerged scores (the local 
 every rank plans from.
 
 The same collective carries a digest of the plan each rank trained (epoch, kept count,
-threshold bits, a hash of the scores it was planned from and of its order), as values and
+threshold bits, the sum of the bits of the scores it was planned from, a position-sensitive
+hash of its order), as values and
 negated values, so that after the reduction every rank holds the maximum and the minimum of
 each part: when they differ, the ranks planned differently (their shares overlapped, some
 samples were trained twice and others never) and every rank raises the same
@@ -28,11 +29,11 @@ from torch import Tensor
 
 from .distributed import Collectives, PendingReduce, float_bits
 from .errors import InfoBatchError
-from .hashing import hash_int64
+from .hashing import hash_int64, sum_bits
 from .plan import EpochPlan
 from .scores import ScoreTable
 
-__all__ = ["ScoreMerge", "plan_digest", "DIGEST_FIELDS", "gather_parts", "fold_parts"]
+__all__ = ["ScoreMerge", "plan_digest", "DIGEST_FIELDS", "gather_parts", "fold_parts", "own_part"]
 
 #: What the digest of a plan holds, in order.
 DIGEST_FIELDS = ("epoch", "kept count", "threshold", "score table", "order")
@@ -48,7 +49,7 @@ def plan_digest(plan: EpochPlan, scores: Tensor) -> Tensor:
     header = torch.tensor(
         [plan.epoch, plan.num_kept, float_bits(plan.threshold), 0, 0], dtype=torch.int64
     ).to(scores.device)
-    header[3] = hash_int64(scores.view(torch.int32))
+    header[3] = sum_bits(scores)
     header[4] = hash_int64(plan.order.to(scores.device))
     return header
 
@@ -109,18 +110,30 @@ class ScoreMerge:
         buffer[n + _SLOTS :] = -slots
         self._pending = (self.collectives.start_all_reduce_max(buffer), slots, epoch)
 
-    def finish(self) -> None:
+    def finish(self, rank: int = 0) -> None:
         """Wait for the started merge, check the digests, fold the result into the table.
 
         Raises:
-            InfoBatchError: on every rank, if the ranks' plans differ; the waiting error of the
-                collective (a timeout) is left to the caller.
+            InfoBatchError: on every rank, if the ranks' plans differ; on ``rank`` (for the
+                message), if another rank did not join the merge in time.
         """
         if self._pending is None:
             return
         pending, _slots, epoch = self._pending
         self._pending = None
-        pending.wait()
+        try:
+            pending.wait()
+        except RuntimeError as error:
+            timeout = getattr(self.collectives, "timeout", None)
+            raise InfoBatchError(
+                f"InfoBatch's score merge for epoch {epoch} did not complete on rank {rank}"
+                f"{f' within {timeout}' if timeout else ''}: another rank has not finished "
+                f"epoch {epoch} (it left the loop early, stopped, or ran fewer batches). Every "
+                "rank must train each epoch it starts to its end (one update() per batch) or "
+                "break off on all ranks together; to cut an epoch short on purpose, call "
+                "end_epoch() (or set_epoch(next_epoch)) on every rank. To wait longer, pass "
+                f"collectives=TorchCollectives(timeout=...). ({type(error).__name__}: {error})"
+            ) from error
         buffer, n = self.scores.buffer, self.scores.num_samples
         high = buffer[n : n + _SLOTS].view(len(DIGEST_FIELDS), len(_CHUNK_BITS))
         low = -buffer[n + _SLOTS :].view(len(DIGEST_FIELDS), len(_CHUNK_BITS))
@@ -130,7 +143,7 @@ class ScoreMerge:
             self.scores.local.fill_(float("-inf"))
             self.scores.local_dirty = False
             raise InfoBatchError(
-                f"InfoBatch's ranks planned epoch {epoch} differently (their {fields} differ), "
+                f"InfoBatch's ranks planned epoch {epoch} differently (they differ in: {fields}), "
                 "so their shares overlapped: some samples were trained twice and others "
                 "never. Usual causes: the ranks resumed from different checkpoints, or from a "
                 "mid-epoch checkpoint without every rank's unmerged scores (save "
@@ -199,3 +212,37 @@ def fold_parts(values: Tensor, parts: Sequence[dict[str, Any] | None]) -> Tensor
                 0, part["indices"], part["scores"].to(values.dtype), "amax", include_self=True
             )
     return torch.where(torch.eq(merged, float("-inf")), values, merged)
+
+
+def own_part(
+    state: dict[str, Any], rank: int, num_replicas: int, merging: bool
+) -> tuple[Tensor, dict[str, Any] | None]:
+    """The table and this rank's unmerged part to load from a checkpoint ``state``.
+
+    An ``all_ranks`` state gives each rank its part (or, loaded with another number of ranks
+    at an epoch boundary, is folded as the merge would). A rank's own state with unmerged
+    scores loads only on that rank: elsewhere it would resume inexactly, so it raises.
+    Without a cross-rank merge (``merging`` false) a part is folded into the table.
+    """
+    scores = state["scores"]
+    same_world = state.get("num_replicas") == num_replicas
+    part, parts = state.get("unmerged"), state.get("unmerged_by_rank")
+    if parts is not None:
+        if not isinstance(parts, list) or len(parts) != state.get("num_replicas"):
+            raise ValueError("InfoBatch state 'unmerged_by_rank' needs one entry per rank")
+        if not same_world:  # an epoch boundary (checked by the caller): fold every part
+            return fold_parts(scores, parts), None
+        part = parts[rank]
+    elif part is not None and (state.get("rank") != rank or not same_world):
+        raise InfoBatchError(
+            f"this InfoBatch checkpoint is rank {state.get('rank')}'s state of "
+            f"{state.get('num_replicas')} ranks, taken while its scores were not yet merged "
+            f"across the ranks (mid-epoch), so it cannot resume rank {rank} exactly: that "
+            "rank's unmerged scores are not in it. Save dataset.state_dict(all_ranks=True) on "
+            "every rank (one state for all ranks; save it from rank 0), or save and load each "
+            "rank's own state_dict(); checkpoints taken right after an epoch's end load "
+            "anywhere."
+        )
+    if part is not None and not merging:
+        return fold_parts(scores, [part]), None
+    return scores, part

@@ -32,7 +32,7 @@ from .distributed import (
 )
 from .errors import InfoBatchError
 from .lifecycle import EpochLifecycle, Phase
-from .merge import ScoreMerge, fold_parts, gather_parts, plan_digest
+from .merge import ScoreMerge, gather_parts, own_part, plan_digest
 from .plan import EpochPlan, build_plan
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
@@ -178,6 +178,10 @@ class InfoBatchSampler(Sampler[int]):
         self.prune_ratio = float(prune_ratio)
         self.rule: PruningRule | EpochAwareRule = rule if rule is not None else default_rule
         self._rule_prunes = rule is not None or prune_ratio > 0
+        self._default_rule = rule is None
+        check_schedule = getattr(self.rule, "check_schedule", None)
+        if callable(check_schedule) and isinstance(self.schedule, AnnealingSchedule):
+            check_schedule(self.schedule.num_epochs, self.schedule.pruned_epochs)
         self.num_replicas, self.rank, merge = resolve_replicas(num_replicas, rank)
         if collectives is None and merge:
             collectives = TorchCollectives()
@@ -433,6 +437,8 @@ class InfoBatchSampler(Sampler[int]):
             iterations_done=self._iterations_done,
             num_iterations=self.num_iterations,
             history=tuple(s for s in self.history if s.epoch < epoch),
+            epoch_size=self.sampling.num_draws if self.sampling is not None else None,
+            sample_weights=self.sampling.weights if self.sampling is not None else None,
         )
 
     def _install(self, plan: EpochPlan, position: int) -> None:
@@ -464,24 +470,8 @@ class InfoBatchSampler(Sampler[int]):
 
     def _finish_merge(self) -> None:
         """Wait for a started merge; a rank that never joins it becomes a clear error."""
-        if self._merge is None or not self._merge.pending:
-            return
-        try:
-            self._merge.finish()
-        except InfoBatchError:
-            raise
-        except RuntimeError as error:
-            timeout = getattr(self._collectives, "timeout", None)
-            raise InfoBatchError(
-                f"InfoBatch's score merge for epoch {self._life.epoch} did not complete on rank "
-                f"{self.rank}{f' within {timeout}' if timeout else ''}: another rank has not "
-                f"finished epoch {self._life.epoch} (it left the loop early, stopped, or ran "
-                "fewer batches). Every rank must train each epoch it starts to its end (one "
-                "update() per batch) or break off on all ranks together; to cut an epoch "
-                "short on purpose, call sampler.set_epoch(next_epoch) on every rank. To wait "
-                "longer, pass collectives=TorchCollectives(timeout=...). "
-                f"({type(error).__name__}: {error})"
-            ) from error
+        if self._merge is not None:
+            self._merge.finish(rank=self.rank)
 
     def _settle(self) -> None:
         """Finish a started merge and account for the scores that were not recorded as given."""
@@ -723,26 +713,7 @@ class InfoBatchSampler(Sampler[int]):
                 f"but this run has {self.num_replicas}; resume mid-epoch with the same number "
                 "of processes, or from a checkpoint taken at an epoch boundary"
             )
-        scores = state["scores"]
-        part, parts = state.get("unmerged"), state.get("unmerged_by_rank")
-        if parts is not None:
-            if not isinstance(parts, list) or len(parts) != state.get("num_replicas"):
-                raise ValueError("InfoBatch state 'unmerged_by_rank' needs one entry per rank")
-            part = parts[self.rank] if same_world else None
-            if not same_world:  # a boundary: fold every rank's part, as the merge would
-                scores = fold_parts(scores, parts)
-        elif part is not None and (state.get("rank") != self.rank or not same_world):
-            raise InfoBatchError(
-                f"this InfoBatch checkpoint is rank {state.get('rank')}'s state of "
-                f"{state.get('num_replicas')} ranks, taken while its scores were not yet "
-                "merged across the ranks (mid-epoch), so it "
-                f"cannot resume rank {self.rank} exactly: that rank's unmerged scores are not "
-                "in it. Save dataset.state_dict(all_ranks=True) on every rank (one state for "
-                "all ranks; save it from rank 0), or save and load each rank's own "
-                "state_dict(); checkpoints taken right after an epoch's end load anywhere."
-            )
-        if part is not None and self._merge is None:
-            scores, part = fold_parts(scores, [part]), None
+        scores, part = own_part(state, self.rank, self.num_replicas, self._merge is not None)
         if part is not None:
             position = part.get("position", position)
         plan = None
@@ -794,9 +765,13 @@ class InfoBatchSampler(Sampler[int]):
         return state
 
     def __repr__(self) -> str:
+        rule = (
+            f"prune_ratio={self.prune_ratio}"
+            if self._default_rule
+            else f"rule={rule_identity(self.rule)}"
+        )
         return (
             f"{type(self).__name__}(num_samples={self.num_samples}, "
-            f"num_epochs={self.num_epochs}, prune_ratio={self.prune_ratio}, "
-            f"delta={self.delta}, seed={self.seed}, epoch={self.epoch}, "
-            f"rank={self.rank}/{self.num_replicas})"
+            f"num_epochs={self.num_epochs}, {rule}, delta={self.delta}, seed={self.seed}, "
+            f"epoch={self.epoch}, rank={self.rank}/{self.num_replicas})"
         )

@@ -516,10 +516,10 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         real = group.real
         total = per.loss.new_zeros(())
         if real > 0:
-            valid = per.valid[:real]
-            # A row without labels: no score, weight 0 (its loss, 0 or nan, is masked out).
-            loss = torch.where(valid, per.loss[:real], 0.0)
-            mean = self.infobatch.update(loss, indices=indices[:real], valid=valid)
+            # A row without labels: no score, weight 0 (update() masks its loss out).
+            mean = self.infobatch.update(
+                per.loss[:real], indices=indices[:real], valid=per.valid[:real]
+            )
             total = mean * (real / max(group.labelled, 1))
         if real < per.loss.shape[0]:  # fillers: in the graph (DDP needs every rank's grads)
             total = total + 0.0 * per.loss[real:].sum()
