@@ -165,6 +165,7 @@ def make_run(variant: str, **overrides: Any) -> Run:
         seed=settings.get("seed", SEED),
         drop_last=settings["drop_last"],
         collectives=counter,
+        sampling=settings.get("sampling"),
     )
     torch.manual_seed(0)  # same initial weights on every rank and in every run
     # One parameter tensor: with several, a fresh DDP's first step packs the gradients in
@@ -328,6 +329,9 @@ def job_disagree(out_dir: Path, config: dict[str, Any]) -> Record:
         "prune_ratio": {"prune_ratio": 0.5 if rank == 0 else 0.25},
         "num_epochs": {"num_epochs": NUM_EPOCHS + (rank == last)},
         "drop_last": {"drop_last": rank == last},
+        "sampling_weights": {  # the same number of draws, other weights on the last rank
+            "sampling": WeightedSampling(torch.ones(NUM_SAMPLES) + (rank == last), NUM_SAMPLES)
+        },
     }
     outcomes: dict[str, str | None] = {}
     for name, overrides in cases.items():

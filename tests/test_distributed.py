@@ -309,6 +309,7 @@ def test_ranks_that_disagree_get_the_same_clear_error(ranks: list[Record]) -> No
         "prune_ratio": "rank 0=0.5, rank 1=0.25",
         "num_epochs": f"rank {len(ranks) - 1}={NUM_EPOCHS + 1}",
         "drop_last": f"rank {len(ranks) - 1}=1",
+        "sampling_weights": "rank 0=",
     }
     messages = [r["disagree"]["outcomes"] for r in ranks]
     for outcomes in messages:
