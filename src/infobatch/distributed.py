@@ -179,8 +179,8 @@ def raise_if_disagree(
         raise InfoBatchError(
             "InfoBatch settings differ between ranks, so their epoch plans would differ and "
             f"training would hang or train on wrong samples: {differing}. Build InfoBatch with "
-            "the same dataset length, num_epochs, prune_ratio, delta, seed, drop_last, sampling and "
-            "batch_size on every rank."
+            "the same dataset length, num_epochs, prune_ratio, delta, seed, drop_last, "
+            "sampling and batch_size on every rank."
         )
 
 
