@@ -562,9 +562,10 @@ class InfoBatchSampler(Sampler[int]):
                 f"after epoch {life.epoch}'s pass handed out all its samples with "
                 f"{life.length - life.consumed} still waiting for update(): infobatch cannot "
                 "tell whether these losses are that epoch's last batches or a new loop's. If "
-                "the earlier loop is over, some of its batches never reached update(): call "
-                "update() once per batch, and if your DataLoader uses drop_last=True, pass "
-                "drop_last=True to InfoBatch as well"
+                "the earlier loop is over, some of its batches never reached update(): if you "
+                "broke it off on purpose, call end_epoch() (or set_epoch(next_epoch)) before "
+                "the next loop; else call update() once per batch, and if your DataLoader "
+                "uses drop_last=True, pass drop_last=True to InfoBatch as well"
             )
         if loss.device != self._scores.device:
             plan = self._move_to(loss.device, plan)
