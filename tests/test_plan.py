@@ -375,6 +375,33 @@ def test_a_custom_rule_plans_through_its_status() -> None:
     assert torch.equal(plan.status, status) and plan.pruning
 
 
+def test_a_plan_made_before_any_score_is_not_pruning() -> None:
+    unscored = torch.full((8,), NAN)
+    first = build_plan(0, unscored, SoftPruning(0.5), epoch_generator(0, 0))
+    assert not first.pruning and first.num_kept == 8 and first.num_scored == 0
+    one_scored = unscored.clone()
+    one_scored[3] = 1.0
+    assert build_plan(1, one_scored, SoftPruning(0.5), epoch_generator(0, 1)).pruning
+    # A rule that prunes without scores (a random baseline) did prune.
+    status = torch.tensor([PRUNED] + [KEPT] * 7, dtype=torch.int8)
+    assert build_plan(0, unscored, _FixedRule(status), epoch_generator(0, 0)).pruning
+
+
+def test_history_labels_epoch_0_and_the_annealing_epochs_as_full_data() -> None:
+    from torch.utils.data import DataLoader
+
+    from infobatch import InfoBatch
+    from tests.helpers import IndexedDataset, loss_of
+
+    dataset = InfoBatch(IndexedDataset(64), 4, delta=0.75, seed=0)
+    loader = DataLoader(dataset, batch_size=8, sampler=dataset.sampler)
+    for _ in range(4):
+        for x, _label in loader:
+            dataset.update(loss_of(x[:, 0]))
+    assert [s.pruning for s in dataset.history] == [False, True, True, False]
+    assert dataset.history[0].num_pruned == 0 and dataset.history[1].num_pruned > 0
+
+
 @pytest.mark.parametrize(
     ("status", "message"),
     [

@@ -9,7 +9,7 @@ checkpoints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -33,6 +33,11 @@ class EpochContext:
         iterations_done: batches trained so far on this rank (the same on every rank).
         num_iterations: iterations in the run (``None`` in epoch-based training).
         history: statistics of every earlier epoch that was trained, in order.
+        epoch_size: sample passes of a full epoch, the unit :class:`~infobatch.EpochStats`
+            counts in: the draws of the user's :class:`~infobatch.WeightedSampling`, or
+            ``None`` for the dataset size (every sample once).
+        sample_weights: the user's ``WeightedSampling`` weights (float64, CPU, one per
+            sample), or ``None`` when every sample is trained once per full epoch.
     """
 
     epoch: int
@@ -42,10 +47,31 @@ class EpochContext:
     iterations_done: int
     num_iterations: int | None
     history: tuple[EpochStats, ...]
+    epoch_size: int | None = None
+    sample_weights: Tensor | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        size = self.epoch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"Invalid epoch_size {size!r}, epoch_size should be an int >= 1")
+        weights = self.sample_weights
+        if weights is not None and (
+            not isinstance(weights, Tensor) or weights.shape != (self.num_samples,)
+        ):
+            shown = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+            raise ValueError(
+                f"sample_weights must be a tensor of one weight per sample, shape "
+                f"({self.num_samples},), got {shown}"
+            )
+
+    @property
+    def epoch_passes(self) -> int:
+        """Sample passes of a full epoch: ``epoch_size``, or the dataset size."""
+        return self.num_samples if self.epoch_size is None else self.epoch_size
 
     @property
     def passes_saved(self) -> int:
-        """Sample passes skipped by the earlier epochs."""
+        """Sample passes skipped by the earlier epochs (draws, with ``epoch_size``)."""
         return sum(s.num_pruned for s in self.history if s.epoch < self.epoch)
 
 

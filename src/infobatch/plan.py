@@ -40,7 +40,9 @@ class EpochPlan:
         threshold: score threshold of the rule (``nan`` if none).
         num_scored: samples that had a score when the plan was made.
         num_well_learned: scored samples below the threshold.
-        pruning: whether the pruning rule ran (``False`` in annealing epochs).
+        pruning: whether the pruning rule decided the epoch: it ran on at least one scored
+            sample, or pruned a sample without scores (a random baseline). ``False`` in
+            annealing epochs and when nothing was scored yet (epoch 0), whose plans keep all.
         epoch_size: sample passes of the full epoch: the dataset size, or the draws of a
             user's sampling (:class:`~infobatch.WeightedSampling`), whose ``order`` may then
             repeat a sample. ``None`` means the dataset size.
@@ -146,6 +148,8 @@ def build_plan(
         order = random_permutation(n, generator, scores.device, dtype)
     else:
         order = _shuffled_kept(selection.status, generator, dtype)
+    # A rule that saw no score and pruned nothing (epoch 0) did not prune: full data.
+    pruning = rule is not None and (selection.num_scored > 0 or order.numel() < n)
     return EpochPlan(
         epoch=epoch,
         order=order,
@@ -154,7 +158,7 @@ def build_plan(
         threshold=selection.threshold,
         num_scored=selection.num_scored,
         num_well_learned=selection.num_well_learned,
-        pruning=rule is not None,
+        pruning=pruning,
     )
 
 

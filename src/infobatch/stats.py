@@ -27,7 +27,8 @@ class EpochStats:
         num_well_learned: scored samples below the threshold.
         threshold: the mean score used as threshold (``nan`` if nothing scored or annealing).
         weight: loss multiplier of kept well-learned samples (1 when annealing).
-        pruning: ``False`` for full-data (annealing) epochs.
+        pruning: ``False`` for full-data epochs: annealing ones, and those planned before
+            any sample was scored (epoch 0), see :attr:`EpochPlan.pruning`.
         saved_fraction: sample passes saved versus full data, cumulative up to this epoch.
     """
 

@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = dict(
     resume_from=None,
     plain_prepare=False,  # negative control: accelerator.prepare(loader) shards again
     implicit=False,  # update(losses) without indices=
+    save_batches_of=None,  # an epoch: save_state after each of its batches (and the gradients)
+    resume_grads=False,  # load this rank's accumulated gradients saved with the state
 )
 
 
@@ -87,8 +89,15 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.register_for_checkpointing(AllRanksState(dataset))
+    rank = accelerator.process_index
     if settings["resume_from"]:
         accelerator.load_state(settings["resume_from"])
+        if settings["resume_grads"]:
+            # A checkpoint inside an accumulation group: the loop also saved what each rank
+            # had accumulated (each rank's own: no gradient sync inside a group).
+            grads = torch.load(Path(settings["resume_from"]) / f"grads_rank{rank}.pt")
+            for param, grad in zip(model.parameters(), grads):
+                param.grad = grad
 
     record: Record = {
         "plans": {},
@@ -99,6 +108,7 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
         "steps": defaultdict(int),
         "learning_rates": [],
         "checkpoints": {},
+        "marks": [],
     }
     global_step = int(settings.get("start_step", 0))
     for epoch in range(dataset.epoch, epochs):
@@ -130,12 +140,28 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
             record["trained"][epoch].extend(batch["index"].tolist())
             for index, value in zip(batch["index"].tolist(), losses.detach().tolist()):
                 record["losses"][epoch][index] = value
-            if accelerator.sync_gradients:
+            synced = accelerator.sync_gradients
+            if synced:
                 global_step += 1
                 if settings["save"]:
                     path = out_dir / f"step-{global_step}"
                     accelerator.save_state(str(path))
                     record["checkpoints"][global_step] = str(path)
+            if settings["save_batches_of"] == epoch:
+                path = out_dir / f"batch-{epoch}-{len(record['trained'][epoch])}"
+                accelerator.save_state(str(path))
+                grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+                torch.save(grads, path / f"grads_rank{rank}.pt")
+                record["marks"].append(
+                    {
+                        "name": str(path),
+                        "epoch": epoch,
+                        "done": len(record["trained"][epoch]),
+                        "epoch_steps": record["steps"][epoch],
+                        "global_step": global_step,
+                        "synced": synced,
+                    }
+                )
         grads = [p.grad.abs().max() for p in model.parameters() if p.grad is not None]
         record["leftover"][epoch] = float(torch.stack(grads).max()) if grads else 0.0
         record["scores"][epoch] = dataset.scores.clone()
@@ -150,6 +176,7 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
             k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
         },
         world=accelerator.num_processes,
+        global_step=global_step,
     )
     return record
 

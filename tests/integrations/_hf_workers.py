@@ -124,9 +124,21 @@ def _callback_class() -> Any:
             self.scores: dict[int, Tensor] = {}
             self.leftover: dict[int, float] = {}
             self.steps: dict[int, int] = defaultdict(int)
+            self.marks: list[Record] = []  # where each step's checkpoint stands
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.steps[self.trainer.infobatch.epoch] += 1
+            epoch = self.trainer.infobatch.epoch
+            self.steps[epoch] += 1
+            self.marks.append(
+                {
+                    "name": f"checkpoint-{state.global_step}",
+                    "epoch": epoch,
+                    "done": len(self.trainer.trained[epoch]),
+                    "epoch_steps": self.steps[epoch],
+                    "global_step": state.global_step,
+                    "synced": True,  # the Trainer checkpoints at optimizer steps only
+                }
+            )
             if self.stop_after is not None and state.global_step >= self.stop_after:
                 control.should_training_stop = True
 
@@ -222,6 +234,7 @@ def run_trainer(out_dir: Path, config: dict[str, Any]) -> Record:
         "scores": dict(callback.scores),
         "leftover": dict(callback.leftover),
         "steps": dict(callback.steps),
+        "marks": callback.marks,
         "learning_rates": [entry["learning_rate"] for entry in logs],
         "log_steps": [entry["step"] for entry in logs],
         "saved_fraction_logged": [entry.get("infobatch_saved_fraction") for entry in logs],

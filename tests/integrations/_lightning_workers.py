@@ -2,7 +2,9 @@
 
 A small MLP on Gaussian blobs (``_accelerate_workers.Blobs``) trained by a LightningModule that
 builds InfoBatch in ``setup()``, wraps its loader with ``InfoBatchCallback.loader`` and uses the
-callback's progress-driven schedule; a checkpoint after every optimizer step.
+callback's progress-driven schedule; a checkpoint after every optimizer step. Two loggers: a
+``CSVLogger`` (rank 0 writes ``csv/version_0/metrics.csv``) and one that records, on every
+rank, the metrics Lightning hands its loggers.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ DEFAULTS: dict[str, Any] = dict(
     resume_from=None,
     reload=1,
     steps="full_data",  # or "estimated": the schedule sized with estimated_stepping_batches
-    scheduler="progress",  # or "step_count": a plain LambdaLR stepped per batch (refused)
+    # or "step_count" / "one_cycle_lr": a plain LambdaLR / OneCycleLR stepped per batch
+    # (refused); "one_cycle": InfoBatchCallback.one_cycle
+    scheduler="progress",
     trainer={},  # further Trainer arguments
+    save_in_group_of=None,  # an epoch: also checkpoint after each of its batches that did not step
+    resume_grads=False,  # restore this rank's accumulated gradients saved with the checkpoint
 )
 
 
@@ -59,6 +65,7 @@ def _module_class() -> Any:
                 "scores": {},
                 "steps": defaultdict(int),
                 "learning_rates": [],
+                "marks": [],  # where each checkpoint stands (see _common.pick_marks)
             }
 
         def setup(self, stage: str) -> None:
@@ -72,6 +79,14 @@ def _module_class() -> Any:
                 self.infobatch, batch_size=self.settings["batch"], sampler=self.infobatch.sampler
             )
             return InfoBatchCallback.find(self.trainer).loader(loader)
+
+        def on_train_start(self) -> None:
+            if self.settings["resume_grads"]:
+                # Resumed inside an accumulation group: each rank's own accumulated gradients
+                # (no gradient sync inside a group), which Lightning's checkpoint does not hold.
+                path = f"{self.settings['resume_from']}.grads{self.trainer.global_rank}"
+                for param, grad in zip(self.parameters(), torch.load(path)):
+                    param.grad = grad
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             sampler = self.infobatch.sampler
@@ -115,6 +130,12 @@ def _module_class() -> Any:
                 scheduler: Any = torch.optim.lr_scheduler.LambdaLR(
                     optimizer, lambda step: max(0.0, 1 - step / steps)
                 )
+            elif s["scheduler"] == "one_cycle_lr":
+                scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, s["lr"], steps)
+            elif s["scheduler"] == "one_cycle":
+                scheduler = InfoBatchCallback.find(self.trainer).one_cycle(
+                    optimizer, s["lr"], steps
+                )
             else:
                 scheduler = InfoBatchCallback.find(self.trainer).scheduler(
                     optimizer, lambda pos: max(0.0, 1 - pos / steps), steps
@@ -124,9 +145,81 @@ def _module_class() -> Any:
     return Module
 
 
+def _marks_class() -> Any:
+    import lightning as L
+
+    class Marks(L.Callback):  # type: ignore[misc]
+        """Records where each checkpoint stands; checkpoints inside accumulation groups.
+
+        ModelCheckpoint(every_n_train_steps=1) saves after every optimizer step only; inside
+        a group of ``save_in_group_of``'s epoch this saves with ``trainer.save_checkpoint``
+        (on every rank, as ModelCheckpoint does) and each rank's accumulated gradients beside
+        it.
+        """
+
+        def __init__(self, settings: dict[str, Any], out_dir: Path) -> None:
+            self.settings, self.out_dir = settings, out_dir
+            self.last_step = 0
+
+        def on_train_batch_end(
+            self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
+            epoch, step = module.infobatch.epoch, trainer.global_step
+            synced, self.last_step = step != self.last_step, step
+            name = str(self.out_dir / "ckpt" / f"step={step}.ckpt")
+            if not synced:
+                if self.settings["save_in_group_of"] != epoch:
+                    return
+                name = str(self.out_dir / "group" / f"epoch={epoch}-batch={batch_idx}.ckpt")
+                grads = [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+                Path(name).parent.mkdir(exist_ok=True)
+                torch.save(grads, f"{name}.grads{trainer.global_rank}")
+                trainer.save_checkpoint(name)
+            module.record["marks"].append(
+                {
+                    "name": name,
+                    "epoch": epoch,
+                    "done": len(module.record["trained"][epoch]),
+                    "epoch_steps": module.record["steps"][epoch],
+                    "global_step": step,
+                    "synced": synced,
+                }
+            )
+
+    return Marks
+
+
+def _recording_logger() -> Any:
+    from lightning.pytorch.loggers import Logger
+
+    class RecordingLogger(Logger):  # type: ignore[misc]
+        """Keeps every ``log_metrics`` call (on every rank, unlike the file loggers)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[tuple[int | None, dict[str, float]]] = []
+
+        @property
+        def name(self) -> str:
+            return "recording"
+
+        @property
+        def version(self) -> int:
+            return 0
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            self.calls.append((step, dict(metrics)))
+
+    return RecordingLogger()
+
+
 def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
     settings = {**DEFAULTS, **config}
     # Not os.environ["WORLD_SIZE"]: Lightning's DDP teardown removes it after a fit.
@@ -141,6 +234,8 @@ def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
                 save_top_k=-1,
             )
         )
+        callbacks.append(_marks_class()(settings, out_dir))
+    recording = _recording_logger()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=world,
@@ -149,7 +244,7 @@ def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
         accumulate_grad_batches=settings["accumulation"],
         reload_dataloaders_every_n_epochs=settings["reload"],
         callbacks=callbacks,
-        logger=False,
+        logger=[recording, CSVLogger(str(out_dir), name="csv", version=0)],
         enable_checkpointing=settings["save"],
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -168,12 +263,20 @@ def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
         "losses": dict(record["losses"]),
         "steps": dict(record["steps"]),
         "history": [s.as_dict() for s in module.infobatch.history],
+        "saved_fraction": module.infobatch.saved_fraction,
         "final_lr": optimizer.param_groups[0]["lr"],
+        "final_momentum": optimizer.param_groups[0]["momentum"],
         "final_scores": module.infobatch.scores.clone(),
         "params": {k: v.detach().clone() for k, v in module.net.state_dict().items()},
         "global_step": trainer.global_step,
         "world": world,
         "warnings": [str(w.message) for w in caught],
+        "logged": [
+            {k: v for k, v in metrics.items() if k.startswith("infobatch/") or k == "epoch"}
+            for _step, metrics in recording.calls
+            if any(k.startswith("infobatch/") for k in metrics)
+        ],
+        "csv": str(out_dir / "csv" / "version_0" / "metrics.csv"),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,18 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from infobatch import InfoBatch  # noqa: E402
 
-from ._accelerate_workers import DEFAULTS, Blobs, run_loop_and_resume  # noqa: E402
-from ._common import assert_resumed_run_equals_full_run, equal_nan, launch  # noqa: E402
+from ._accelerate_workers import DEFAULTS, Blobs, run_loop, run_loop_and_resume  # noqa: E402
+from ._common import (  # noqa: E402
+    RELAUNCH_EPOCH,
+    assert_full_run_is_sound,
+    assert_relaunched_run_equals_full_run,
+    assert_resumed_run_equals_full_run,
+    equal_nan,
+    launch,
+    pick_marks,
+    run_and_resume_in_process,
+    stop_and_relaunch,
+)
 
 Record = dict[str, Any]
 EPOCHS = DEFAULTS["epochs"]
@@ -148,3 +159,85 @@ def test_prepare_loader_rejects_other_loaders() -> None:
     dataset = InfoBatch(Blobs(10), 2, drop_last=True)
     with pytest.raises(ValueError, match="drop_last"):
         prepare_loader(accelerator, DataLoader(dataset, sampler=dataset.sampler))
+
+
+# ---------------------------------------------------------------------- stop and relaunch
+# 4 epochs, delta 0.75: epochs 1-2 prune, epoch 3 anneals. Epoch 1 has 8 batches of 4 per rank
+# in groups of 2; the loop saves its state after each of them. The loop is the user's, so it
+# can checkpoint anywhere, inside an accumulation group too: Accelerate's save_state keeps its
+# accumulation counter, and the loop saves each rank's accumulated gradients beside it.
+RELAUNCH: dict[str, Any] = {"num_samples": 80, "epochs": 4, "delta": 0.75, "accumulation": 2}
+# After the epoch's first step, its middle step, inside a group past the middle, the step
+# before the last group, inside the last group (one batch left) and after the last batch.
+RELAUNCH_POINTS = ["early", "middle", "in-group", "before-last", "in-last-group", "last"]
+CONTROL_POINTS = ["middle", "in-group"]  # one process
+
+
+def _relaunch_marks(full: list[Record]) -> dict[str, list[Record]]:
+    marks = [pick_marks(run["marks"], RELAUNCH_EPOCH) for run in full]
+    return {point: [m[point] for m in marks] for point in RELAUNCH_POINTS}
+
+
+def _relaunch(out: Path, world: int, points: list[str]) -> Record:
+    """``world`` gloo ranks train uninterrupted, saving after every batch of epoch 1, and
+    exit; as many new processes then resume from each checkpoint of ``points`` (one process:
+    in this process)."""
+
+    def resumes(full: list[Record]) -> dict[str, dict[str, Any]]:
+        marks = _relaunch_marks(full)
+        return {
+            point: {
+                **RELAUNCH,
+                "resume_from": mark[0]["name"],
+                "start_step": mark[0]["global_step"],
+                "resume_grads": True,
+            }
+            for point, mark in ((p, marks[p]) for p in points)
+        }
+
+    config = {**RELAUNCH, "save_batches_of": RELAUNCH_EPOCH}
+    if world == 1:  # the control, in this process
+        torch.set_num_threads(1)
+        full, resumed = run_and_resume_in_process(run_loop, out, config, resumes)
+    else:
+        full, resumed = stop_and_relaunch(world, run_loop, out, config, resumes)
+    return {"full": full, "resumed": resumed}
+
+
+@pytest.fixture(scope="module")
+def relaunched(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    return _relaunch(tmp_path_factory.mktemp("acc-relaunch2"), 2, RELAUNCH_POINTS)
+
+
+@pytest.fixture(scope="module")
+def relaunched_one_process(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    """The control: one process, in this process; it has nothing to merge (exact already
+    on 0.2.0) and checks the test's own resume machinery (gradients saved inside a group)."""
+    return _relaunch(tmp_path_factory.mktemp("acc-relaunch1"), 1, CONTROL_POINTS)
+
+
+def _check_relaunched(relaunched: Record, point: str) -> None:
+    full, epochs = relaunched["full"], RELAUNCH["epochs"]
+    assert_full_run_is_sound(full, epochs, RELAUNCH["num_samples"])
+    mark = _relaunch_marks(full)[point]
+    share = len(full[0]["plans"][RELAUNCH_EPOCH]["share"])
+    assert (0 < mark[0]["done"] < share) == (point != "last")
+    assert mark[0]["synced"] == (point in ("early", "middle", "before-last", "last"))
+    assert_relaunched_run_equals_full_run(full, relaunched["resumed"][point], mark, epochs)
+
+
+@pytest.mark.parametrize("point", RELAUNCH_POINTS)
+def test_two_ranks_relaunched_mid_epoch_reproduce_the_uninterrupted_run(
+    relaunched: Record, point: str
+) -> None:
+    """New processes resume from a checkpoint two processes took inside an epoch: the rest
+    of that epoch and every later epoch train exactly the uninterrupted run's samples, in its
+    order, on the same rank, with the same steps and bitwise the same final weights."""
+    _check_relaunched(relaunched, point)
+
+
+@pytest.mark.parametrize("point", CONTROL_POINTS)
+def test_one_process_relaunched_mid_epoch_reproduces_the_uninterrupted_run(
+    relaunched_one_process: Record, point: str
+) -> None:
+    _check_relaunched(relaunched_one_process, point)

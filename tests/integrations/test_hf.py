@@ -21,7 +21,16 @@ pytest.importorskip("transformers")
 from infobatch import InfoBatch, InfoBatchError  # noqa: E402
 from infobatch.integrations.hf import STATE_FILE  # noqa: E402
 
-from ._common import assert_resumed_run_equals_full_run, equal_nan, launch  # noqa: E402
+from ._common import (  # noqa: E402
+    RELAUNCH_EPOCH,
+    assert_full_run_is_sound,
+    assert_relaunched_run_equals_full_run,
+    assert_resumed_run_equals_full_run,
+    equal_nan,
+    launch,
+    pick_marks,
+    stop_and_relaunch,
+)
 from ._hf_workers import DEFAULTS, build_trainer, run_trainer, run_trainer_and_resume  # noqa: E402
 
 Record = dict[str, Any]
@@ -300,3 +309,52 @@ def test_two_rank_boundary_checkpoint_resumes_on_one_process(
         assert resumed["plans"][epoch]["hash"] == full["plans"][epoch]["hash"]
         assert Counter(resumed["trained"][epoch]) == Counter(resumed["plans"][epoch]["share"])
     assert resumed["final_lr"] == 0.0
+
+
+# ---------------------------------------------------------------------- stop and relaunch
+# 4 epochs, delta 0.75: epochs 1-2 prune, epoch 3 anneals. Checkpoints inside epoch 1 (4
+# optimizer steps of 2 x 4 samples per rank); epoch 2 is planned (and pruned) from its scores.
+RELAUNCH: dict[str, Any] = {"num_samples": 80, "epochs": 4, "delta": 0.75}
+# The Trainer checkpoints at optimizer steps only (save_steps counts them), never inside an
+# accumulation group: the points are after the epoch's first step, its middle step, the step
+# before its last group, and its last step (its last batch).
+RELAUNCH_POINTS = ["early", "middle", "before-last", "last"]
+
+
+def _relaunch_marks(full: list[Record]) -> dict[str, list[Record]]:
+    marks = [pick_marks(run["marks"], RELAUNCH_EPOCH) for run in full]
+    return {point: [m[point] for m in marks] for point in RELAUNCH_POINTS}
+
+
+@pytest.fixture(scope="module")
+def relaunched(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    """Two gloo ranks train uninterrupted with a checkpoint at every step and exit; two new
+    processes then resume from each checkpoint of :data:`RELAUNCH_POINTS`."""
+    out = tmp_path_factory.mktemp("hf-relaunch")
+
+    def resumes(full: list[Record]) -> dict[str, dict[str, Any]]:
+        return {
+            point: {**RELAUNCH, "resume_from": str(out / "full" / "run" / mark[0]["name"])}
+            for point, mark in _relaunch_marks(full).items()
+        }
+
+    full, resumed = stop_and_relaunch(2, run_trainer, out, {**RELAUNCH, "save_steps": 1}, resumes)
+    return {"out": out, "full": full, "resumed": resumed}
+
+
+@pytest.mark.parametrize("point", RELAUNCH_POINTS)
+def test_two_ranks_relaunched_mid_epoch_reproduce_the_uninterrupted_run(
+    relaunched: Record, point: str
+) -> None:
+    """New processes resume from a checkpoint taken inside an epoch by two processes: the
+    rest of that epoch and every later epoch train exactly the uninterrupted run's samples, in
+    its order, on the same rank, with the same steps and bitwise the same final weights."""
+    full, epochs = relaunched["full"], RELAUNCH["epochs"]
+    assert_full_run_is_sound(full, epochs, RELAUNCH["num_samples"])
+    mark = _relaunch_marks(full)[point]
+    share = len(full[0]["plans"][RELAUNCH_EPOCH]["share"])
+    assert (0 < mark[0]["done"] < share) == (point != "last")
+    checkpoint = relaunched["out"] / "full" / "run" / mark[0]["name"]
+    states = sorted(p.name for p in checkpoint.glob("infobatch_state_rank*.pt"))
+    assert states == [STATE_FILE.format(rank=r) for r in range(2)]
+    assert_relaunched_run_equals_full_run(full, relaunched["resumed"][point], mark, epochs)

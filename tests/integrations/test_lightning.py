@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from collections import Counter
 from pathlib import Path
@@ -15,7 +16,17 @@ pytest.importorskip("lightning")
 from infobatch import InfoBatchError  # noqa: E402
 from infobatch.integrations.progress import full_data_steps  # noqa: E402
 
-from ._common import assert_resumed_run_equals_full_run, equal_nan, launch  # noqa: E402
+from ._common import (  # noqa: E402
+    RELAUNCH_EPOCH,
+    assert_full_run_is_sound,
+    assert_relaunched_run_equals_full_run,
+    assert_resumed_run_equals_full_run,
+    equal_nan,
+    launch,
+    pick_marks,
+    run_and_resume_in_process,
+    stop_and_relaunch,
+)
 from ._lightning_workers import (  # noqa: E402
     DEFAULTS,
     resume_points,
@@ -115,6 +126,37 @@ def test_lightning_resume_reproduces_the_uninterrupted_run(ranks: list[Record], 
         assert not [w for w in resumed["warnings"] if "not resumable" in w]
 
 
+def test_lightning_callback_logs_each_epochs_statistics_without_sync_dist_warning(
+    ranks: list[Record],
+) -> None:
+    names = {
+        "infobatch/saved_fraction": "saved_fraction",
+        "infobatch/num_kept": "num_kept",
+        "infobatch/num_pruned": "num_pruned",
+        "infobatch/pruning": "pruning",
+        "infobatch/weight": "weight",
+    }
+    for rank_result in ranks:
+        full = rank_result["full"]
+        logged = full["logged"]  # what this rank's loggers received, once per epoch
+        assert [int(m["epoch"]) for m in logged] == list(range(EPOCHS))
+        for metrics, stats in zip(logged, full["history"]):
+            assert {k: metrics[k] for k in names} == {k: float(stats[v]) for k, v in names.items()}
+        assert logged[-1]["infobatch/saved_fraction"] == full["saved_fraction"] > 0
+        assert [m["infobatch/pruning"] for m in logged] == [0.0, 1.0, 1.0, 0.0]  # epoch 0: none
+        assert logged == ranks[0]["full"]["logged"]  # the same on every rank
+        assert not [w for w in full["warnings"] if "sync_dist" in w]
+        # A run resumed mid-epoch logs the same statistics for the epochs it trains.
+        resumed = rank_result["resumed"]["middle"]
+        assert resumed["logged"] == logged[-len(resumed["logged"]) :]
+    # Rank 0's CSVLogger wrote them (float64, exact).
+    with open(ranks[0]["full"]["csv"], newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("infobatch/num_kept")]
+    assert [{k: float(row[k]) for k in names} for row in rows] == [
+        {k: m[k] for k in names} for m in ranks[0]["full"]["logged"]
+    ]
+
+
 def test_lightning_callback_requires_reloading_loaders(tmp_path: Path) -> None:
     with pytest.raises(InfoBatchError, match="reload_dataloaders_every_n_epochs=1"):
         run_lightning(tmp_path, {"reload": 0})
@@ -150,11 +192,122 @@ def test_lightning_schedule_sized_with_estimated_stepping_batches_completes(
         ({"trainer": {"fast_dev_run": True}}, "fast_dev_run=True"),
         ({"trainer": {"max_steps": 5}}, "max_steps=5"),
         ({"scheduler": "step_count"}, "LambdaLR scheduler steps every batch"),
+        (
+            {"scheduler": "one_cycle_lr"},
+            r"OneCycleLR scheduler steps every batch.*InfoBatchCallback.find\(self.trainer\)"
+            r".one_cycle\(optimizer, max_lr, steps",
+        ),
     ],
-    ids=["limit-fraction", "limit-count", "overfit", "fast-dev-run", "max-steps", "step-lr"],
+    ids=[
+        "limit-fraction",
+        "limit-count",
+        "overfit",
+        "fast-dev-run",
+        "max-steps",
+        "step-lr",
+        "one-cycle-lr",
+    ],
 )
 def test_lightning_refuses_settings_that_cut_epochs_short(
     tmp_path: Path, config: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(InfoBatchError, match=message):
         run_lightning(tmp_path, config)
+
+
+# ---------------------------------------------------------------------- stop and relaunch
+# 4 epochs, delta 0.75: epochs 1-2 prune, epoch 3 anneals. Epoch 1 has 8 batches of 4 per rank
+# in groups of 2. ModelCheckpoint(every_n_train_steps=1) saves after every optimizer step (its
+# step count never stops inside a group); trainer.save_checkpoint can save inside one, but
+# Lightning's checkpoint does not hold the accumulated gradients (resumed as is, the group's
+# step would miss the earlier batches' gradients), so the run saves each rank's beside it.
+RELAUNCH: dict[str, Any] = {"num_samples": 80, "epochs": 4, "delta": 0.75, "accumulation": 2}
+RELAUNCH_POINTS = ["early", "middle", "in-group", "before-last", "in-last-group", "last"]
+CONTROL_POINTS = ["middle", "in-group"]  # one process
+
+
+def _relaunch_marks(full: list[Record]) -> dict[str, list[Record]]:
+    marks = [pick_marks(run["marks"], RELAUNCH_EPOCH) for run in full]
+    return {point: [m[point] for m in marks] for point in RELAUNCH_POINTS}
+
+
+def _relaunch(out: Path, world: int, points: list[str]) -> Record:
+    """``world`` gloo ranks (strategy="ddp") train uninterrupted, checkpointing after every
+    step and inside epoch 1's groups, and exit; as many new processes then resume from each
+    checkpoint of ``points`` (one process: in this process)."""
+
+    def resumes(full: list[Record]) -> dict[str, dict[str, Any]]:
+        marks = _relaunch_marks(full)
+        return {
+            point: {
+                **RELAUNCH,
+                "resume_from": mark[0]["name"],
+                "resume_grads": not mark[0]["synced"],
+            }
+            for point, mark in ((p, marks[p]) for p in points)
+        }
+
+    config = {**RELAUNCH, "save": True, "save_in_group_of": RELAUNCH_EPOCH}
+    if world == 1:  # the control, in this process
+        torch.set_num_threads(1)
+        full, resumed = run_and_resume_in_process(run_lightning, out, config, resumes)
+    else:
+        full, resumed = stop_and_relaunch(world, run_lightning, out, config, resumes)
+    return {"full": full, "resumed": resumed}
+
+
+@pytest.fixture(scope="module")
+def relaunched(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    return _relaunch(tmp_path_factory.mktemp("pl-relaunch2"), 2, RELAUNCH_POINTS)
+
+
+@pytest.fixture(scope="module")
+def relaunched_one_process(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    """The control: one process, in this process; it has nothing to merge (exact already
+    on 0.2.0) and checks the test's own resume machinery (gradients saved inside a group)."""
+    return _relaunch(tmp_path_factory.mktemp("pl-relaunch1"), 1, CONTROL_POINTS)
+
+
+def _check_relaunched(relaunched: Record, point: str) -> None:
+    full, epochs = relaunched["full"], RELAUNCH["epochs"]
+    assert_full_run_is_sound(full, epochs, RELAUNCH["num_samples"])
+    mark = _relaunch_marks(full)[point]
+    share = len(full[0]["plans"][RELAUNCH_EPOCH]["share"])
+    assert (0 < mark[0]["done"] < share) == (point != "last")
+    assert mark[0]["synced"] == (point in ("early", "middle", "before-last", "last"))
+    assert_relaunched_run_equals_full_run(full, relaunched["resumed"][point], mark, epochs)
+
+
+@pytest.mark.parametrize("point", RELAUNCH_POINTS)
+def test_two_ranks_relaunched_mid_epoch_reproduce_the_uninterrupted_run(
+    relaunched: Record, point: str
+) -> None:
+    """New processes resume from a checkpoint two processes took inside an epoch: the rest
+    of that epoch and every later epoch train exactly the uninterrupted run's samples, in its
+    order, on the same rank, with the same steps and bitwise the same final weights."""
+    _check_relaunched(relaunched, point)
+    resumed = relaunched["resumed"][point]
+    assert not [w for r in resumed for w in r["warnings"] if "not resumable" in w]
+
+
+@pytest.mark.parametrize("point", CONTROL_POINTS)
+def test_one_process_relaunched_mid_epoch_reproduces_the_uninterrupted_run(
+    relaunched_one_process: Record, point: str
+) -> None:
+    _check_relaunched(relaunched_one_process, point)
+
+
+def test_lightning_one_cycle_schedule_reaches_its_final_rate(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    run = run_lightning(tmp_path, {"scheduler": "one_cycle"})
+    n, batch, lr = DEFAULTS["num_samples"], DEFAULTS["batch"], DEFAULTS["lr"]
+    steps = full_data_steps(n, batch, EPOCHS, accumulation=DEFAULTS["accumulation"])
+    rates = run["learning_rates"]
+    assert len(rates) < steps  # pruned epochs had fewer steps...
+    peak = rates.index(max(rates))
+    assert rates[0] == pytest.approx(lr / 25) and 0 < peak < len(rates) - 1
+    assert rates[: peak + 1] == sorted(rates[: peak + 1])
+    assert rates[peak:] == sorted(rates[peak:], reverse=True)
+    assert rates[-1] == pytest.approx(lr / 25 / 1e4, rel=1e-12)  # ...yet the cycle completed
+    assert run["final_lr"] == pytest.approx(lr / 25 / 1e4, rel=1e-12)
+    assert run["final_momentum"] == pytest.approx(0.95)  # momentum cycled back up

@@ -10,7 +10,7 @@ import torch
 
 from infobatch import InfoBatchSampler, Phase
 from infobatch.integrations.losses import causal_lm_loss, sequence_classification_loss
-from infobatch.integrations.progress import ProgressLR, SamplerProgress, full_data_steps
+from infobatch.integrations.progress import ProgressLR, SamplerProgress, full_data_steps, one_cycle
 
 transformers = pytest.importorskip("transformers")
 
@@ -201,3 +201,130 @@ def test_progress_lr_state_dict_holds_no_code() -> None:
         ProgressLR(opt, [lambda pos: 1.0, lambda pos: 1.0], 10, lambda: 0.0)
     with pytest.raises(TypeError, match="LambdaLR"):
         ProgressLR.from_lambda_lr(torch.optim.lr_scheduler.StepLR(opt, 2), 10, lambda: 0.0)  # type: ignore[arg-type]
+
+
+def _momentum(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [
+        g["betas"][0] if "betas" in g else g.get("momentum", float("nan"))
+        for g in optimizer.param_groups
+    ]
+
+
+def _two_groups(kind: str) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Two identical optimizers with two parameter groups each (SGD with momentum, or Adam)."""
+
+    def make() -> torch.optim.Optimizer:
+        groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]} for _ in range(2)]
+        if kind == "adam":
+            return torch.optim.Adam(groups, lr=1.0)
+        return torch.optim.SGD(groups, lr=1.0, momentum=0.9)
+
+    return make(), make()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"anneal_strategy": "linear"},
+        {"three_phase": True, "pct_start": 0.25, "div_factor": 10.0},
+        {"cycle_momentum": False, "final_div_factor": 100.0},
+    ],
+    ids=["cos", "linear", "three-phase", "no-momentum"],
+)
+def test_one_cycle_without_pruning_reproduces_one_cycle_lr_step_for_step(
+    kind: str, options: dict[str, Any]
+) -> None:
+    total = 20  # 4 epochs of 25 samples in batches of 5: 5 steps an epoch
+    sampler = InfoBatchSampler(25, num_epochs=4, prune_ratio=0.0, seed=0)
+    reference_opt, opt = _two_groups(kind)
+    max_lr = [0.1, 0.3]
+    reference = torch.optim.lr_scheduler.OneCycleLR(reference_opt, max_lr, total, **options)
+    scheduler = one_cycle(opt, max_lr, total, SamplerProgress(sampler, batch_size=5), **options)
+    compared = []
+
+    def step() -> None:
+        rates = [g["lr"] for g in opt.param_groups]
+        assert rates == pytest.approx([g["lr"] for g in reference_opt.param_groups], rel=1e-12)
+        assert _momentum(opt) == pytest.approx(_momentum(reference_opt), rel=1e-12, nan_ok=True)
+        compared.append(rates[0])
+        opt.step()
+        scheduler.step()
+        reference_opt.step()
+        reference.step()
+
+    for _ in range(4):
+        _train_epoch(sampler, 5, torch.rand(25), step)
+    assert len(compared) == total and max(compared) == pytest.approx(0.1, rel=1e-12)
+    divide = options.get("div_factor", 25.0) * options.get("final_div_factor", 1e4)
+    finals = [lr / divide for lr in max_lr]
+    assert compared[-1] == pytest.approx(finals[0], rel=1e-12)  # the last step: the final rate
+    # Past the end it stays there (OneCycleLR itself would step beyond its last phase).
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(finals, rel=1e-12)
+    assert not hasattr(scheduler, "total_steps")  # Accelerate would take it for a OneCycleLR
+
+
+def test_one_cycle_with_pruning_reaches_the_final_rate_at_its_last_step() -> None:
+    sampler = InfoBatchSampler(40, num_epochs=4, delta=0.75, seed=1)
+    steps = full_data_steps(40, 4, 4)  # 40: the schedule written for full data
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0, momentum=0.9)
+    plain_opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0, momentum=0.9)
+    scheduler = one_cycle(opt, 0.1, steps, SamplerProgress(sampler, batch_size=4))
+    plain = torch.optim.lr_scheduler.OneCycleLR(plain_opt, 0.1, steps)  # counts steps
+    seen: list[float] = []
+    momenta: list[float] = []
+
+    def step() -> None:
+        seen.append(opt.param_groups[0]["lr"])
+        momenta.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        scheduler.step()
+        plain_opt.step()
+        plain.step()
+
+    losses = torch.linspace(0.0, 1.0, 40)  # below-mean samples exist: epochs 1 and 2 prune
+    for _ in range(4):
+        _train_epoch(sampler, 4, losses, step)
+    final = 0.1 / 25 / 1e4
+    assert len(seen) < steps  # pruned epochs were shorter...
+    assert seen[0] == pytest.approx(0.1 / 25) and seen[-1] == pytest.approx(final, rel=1e-12)
+    peak = seen.index(max(seen))
+    assert seen[: peak + 1] == sorted(seen[: peak + 1]) and max(seen) > 0.09
+    assert seen[peak:] == sorted(seen[peak:], reverse=True)  # ...yet the cycle completed
+    assert min(momenta) < 0.86 and momenta[0] == momenta[-1] == pytest.approx(0.95)
+    assert plain_opt.param_groups[0]["lr"] > 100 * final  # the step-counting one stopped short
+    scheduler.step()  # extra steps (Accelerate's prepared scheduler) change nothing
+    assert opt.param_groups[0]["lr"] == pytest.approx(final, rel=1e-12)
+
+
+def test_one_cycle_state_holds_no_code_and_arguments_are_checked() -> None:
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0, momentum=0.9)
+    scheduler = one_cycle(opt, 0.1, 10, lambda: 0.5)
+    state = scheduler.state_dict()
+    assert not any(callable(v) for v in state.values())
+    assert "phases" not in state and "schedule_steps" not in state
+    scheduler.load_state_dict(state)
+    with pytest.raises(TypeError, match=r"for a OneCycleLR use .*one_cycle\(optimizer"):
+        ProgressLR.from_lambda_lr(
+            torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, 10),  # type: ignore[arg-type]
+            10,
+            lambda: 0.0,
+        )
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"total_steps": 0}, "total_steps should be >= 1"),
+        ({"pct_start": 1.5}, r"pct_start should be in \[0, 1\]"),
+        ({"anneal_strategy": "exp"}, "'cos' or 'linear'"),
+        ({"max_lr": [0.1, 0.2]}, "2 values of max_lr for 1 parameter groups"),
+        ({"div_factor": 0.0}, "div_factor should be > 0"),
+    ]
+    for change, message in bad:
+        arguments: dict[str, Any] = {"max_lr": 0.1, "total_steps": 10, **change}
+        with pytest.raises(ValueError, match=message):
+            one_cycle(
+                opt, arguments.pop("max_lr"), arguments.pop("total_steps"), lambda: 0.0, **arguments
+            )
+    adagrad = torch.optim.Adagrad(torch.nn.Linear(2, 2).parameters())
+    with pytest.raises(ValueError, match="cycle_momentum=False"):
+        one_cycle(adagrad, 0.1, 10, lambda: 0.0)
+    one_cycle(adagrad, 0.1, 10, lambda: 0.0, cycle_momentum=False)

@@ -8,18 +8,21 @@
   (``pip install "infobatch[lightning]"``).
 * :mod:`infobatch.integrations.losses` and :mod:`infobatch.integrations.progress` need only
   torch: per-sample losses (causal LM, sequence classification) and learning-rate schedules
-  driven by the fraction of epochs done (read from the sampler).
+  driven by the fraction of epochs done (read from the sampler), OneCycle included
+  (:func:`~infobatch.integrations.progress.one_cycle`).
 """
 
 from .losses import IGNORE_INDEX, PerSampleLoss, causal_lm_loss, sequence_classification_loss
-from .progress import ProgressLR, SamplerProgress, full_data_steps
+from .progress import OneCycleProgressLR, ProgressLR, SamplerProgress, full_data_steps, one_cycle
 
 __all__ = [
     "IGNORE_INDEX",
+    "OneCycleProgressLR",
     "PerSampleLoss",
     "ProgressLR",
     "SamplerProgress",
     "causal_lm_loss",
     "full_data_steps",
+    "one_cycle",
     "sequence_classification_loss",
 ]

@@ -56,14 +56,23 @@ Why each piece (Lightning 2.6, measured):
   mid-epoch and does not warn that the dataloader "is not resumable".
 * Settings that cut epochs short are refused with the fix: ``limit_train_batches``,
   ``overfit_batches``, ``fast_dev_run``, ``max_steps``, a step-interval scheduler other than
-  :class:`ProgressLR`.
+  :class:`ProgressLR` (for OneCycle, :func:`~infobatch.integrations.progress.one_cycle`).
+* At each training epoch's end the callback logs that epoch's statistics through the module's
+  loggers (``pl_module.log_dict``, epoch level): ``infobatch/saved_fraction`` (sample passes
+  saved so far), ``infobatch/num_kept``, ``infobatch/num_pruned``, ``infobatch/pruning``
+  (1 or 0) and ``infobatch/weight`` (see :class:`~infobatch.EpochStats`), as float64, so they
+  equal ``sampler.history`` exactly. They are identical on every rank, so nothing is reduced
+  across ranks and Lightning's "use sync_dist=True" warning does not apply (see
+  :meth:`InfoBatchCallback.on_train_epoch_end`). ``InfoBatchCallback(log_stats=False)`` turns
+  it off.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
@@ -71,7 +80,7 @@ from ..errors import InfoBatchError
 from ..lifecycle import Phase
 from ..sampler import InfoBatchSampler
 from ._loader import infobatch_sampler_of, load_rank_state, rank_states
-from .progress import LrLambda, ProgressLR, SamplerProgress
+from .progress import LrLambda, OneCycleProgressLR, ProgressLR, SamplerProgress, one_cycle
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -143,14 +152,30 @@ class InfoBatchLoader:
 
 
 class InfoBatchCallback(Callback):  # type: ignore[misc]
-    """Wires an InfoBatch sampler into Lightning: loader, schedule progress, checkpoints.
+    """Wires an InfoBatch sampler into Lightning: loader, schedule progress, checkpoints, logs.
 
     See the module docstring for the lines to write. The callback's checkpoint state is the
     InfoBatch state (every rank's, mid-epoch).
+
+    Args:
+        log_stats (bool, optional): log each training epoch's statistics (``infobatch/...``)
+            through the module's loggers at its end. Default: ``True``.
     """
 
-    def __init__(self) -> None:
+    #: Names of the logged statistics, as ``{metric name: EpochStats attribute}``.
+    LOGGED: ClassVar[dict[str, str]] = {
+        "infobatch/saved_fraction": "saved_fraction",
+        "infobatch/num_kept": "num_kept",
+        "infobatch/num_pruned": "num_pruned",
+        "infobatch/pruning": "pruning",
+        "infobatch/weight": "weight",
+    }
+
+    def __init__(self, *, log_stats: bool = True) -> None:
         super().__init__()
+        if not isinstance(log_stats, bool):
+            raise TypeError(f"log_stats must be a bool, got {type(log_stats).__name__}")
+        self.log_stats = log_stats
         self._sampler: InfoBatchSampler | None = None
         self._progress: SamplerProgress | None = None
         self._pending: dict[str, Any] | None = None
@@ -194,6 +219,17 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
         """
         return ProgressLR(optimizer, lr_lambda, schedule_steps, lambda: self.fraction)
 
+    def one_cycle(
+        self, optimizer: Optimizer, max_lr: float, total_steps: int, **options: Any
+    ) -> OneCycleProgressLR:
+        """``OneCycleLR(optimizer, max_lr, total_steps, **options)`` following this run's
+        fraction of epochs done (:func:`~infobatch.integrations.progress.one_cycle`).
+
+        Size ``total_steps`` for full data (``full_data_steps`` or
+        ``self.trainer.estimated_stepping_batches``). Use ``"interval": "step"``.
+        """
+        return one_cycle(optimizer, max_lr, total_steps, lambda: self.fraction, **options)
+
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
@@ -221,7 +257,9 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
                     f"the {type(config.scheduler).__name__} scheduler steps every batch and "
                     "counts steps, but pruned epochs have fewer steps, so it would stop short of "
                     "its end; build it with InfoBatchCallback.find(self.trainer).scheduler("
-                    "optimizer, lr_lambda, steps) (a ProgressLR), or step it per epoch"
+                    "optimizer, lr_lambda, steps) (a ProgressLR; for a OneCycleLR, "
+                    "InfoBatchCallback.find(self.trainer).one_cycle(optimizer, max_lr, steps, "
+                    "...) with OneCycleLR's other arguments), or step it per epoch"
                 )
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -233,6 +271,35 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
                 "sampler=<InfoBatch>.sampler)) from train_dataloader(); Lightning would "
                 "otherwise swap the sampler under DDP and cut epochs to a stale length"
             )
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Log the epoch's statistics (``infobatch/...``, see the module docstring).
+
+        Every rank logs the same values (the plan is global). ``sync_dist=True`` with
+        ``rank_zero_only=True`` tells Lightning not to reduce them and not to warn: Lightning
+        (2.6, ``logger_connector/result.py``) warns at epoch level when a tensor is logged
+        without ``sync_dist`` under a process group, and a ``rank_zero_only`` value's sync is
+        a no-op, so no collective runs. Each rank keeps its (identical) value in
+        ``trainer.callback_metrics``; loggers write on rank 0 as usual.
+        """
+        sampler = self._sampler
+        if not self.log_stats or sampler is None or getattr(trainer, "barebones", False):
+            return
+        stats = next((s for s in sampler.history if s.epoch == sampler.epoch), None)
+        if stats is None:  # the epoch trained nothing (not started)
+            return
+        values = {
+            name: torch.tensor(float(getattr(stats, field)), dtype=torch.float64)
+            for name, field in self.LOGGED.items()
+        }
+        pl_module.log_dict(
+            values,
+            on_step=False,
+            on_epoch=True,
+            batch_size=1,
+            sync_dist=True,
+            rank_zero_only=True,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
