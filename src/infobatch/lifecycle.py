@@ -35,6 +35,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .errors import InfoBatchError
+
 __all__ = ["Phase", "EpochLifecycle"]
 
 
@@ -107,6 +109,32 @@ class EpochLifecycle:
         if epoch != self.epoch or self.phase is Phase.UNPLANNED:
             return "plan"
         return "nothing" if self.phase is Phase.READY else "restart"
+
+    def check_update(self, *, planned: bool, side_pass_open: bool) -> None:
+        """Raise, with the fix, unless losses may arrive for the current pass now."""
+        if not planned or not self.pass_open:
+            raise InfoBatchError(
+                "update() was called before the loader yielded any batch of this epoch; "
+                "iterate a DataLoader built with sampler=<InfoBatch>.sampler, then pass each "
+                "batch's per-sample losses to update()"
+            )
+        if self.phase is Phase.COMPLETE:
+            raise InfoBatchError(
+                f"update() was called after all {self.length} planned samples of epoch "
+                f"{self.epoch} were updated; call update() once per batch. If your "
+                "DataLoader keeps the last partial batch, build InfoBatch with drop_last=False"
+            )
+        if side_pass_open and self.yielded == self.length:
+            raise InfoBatchError(
+                "update() received losses while a second iteration over the loader is open, "
+                f"after epoch {self.epoch}'s pass handed out all its samples with "
+                f"{self.length - self.consumed} still waiting for update(): infobatch cannot "
+                "tell whether these losses are that epoch's last batches or a new loop's. If "
+                "the earlier loop is over, some of its batches never reached update(): if you "
+                "broke it off on purpose, call end_epoch() (or set_epoch(next_epoch)) before "
+                "the next loop; else call update() once per batch, and if your DataLoader "
+                "uses drop_last=True, pass drop_last=True to InfoBatch as well"
+            )
 
     # ------------------------------------------------------------------ events
     def planned(self, epoch: int, length: int, position: int = 0) -> None:

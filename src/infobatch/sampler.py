@@ -43,9 +43,10 @@ from .stats import EpochStats, saved_fraction, with_epoch
 from .validation import (
     check_flag,
     check_indices,
-    check_per_sample,
     check_positive_int,
+    check_sampling,
     check_seed,
+    check_update_inputs,
 )
 
 __all__ = ["InfoBatchSampler", "STATE_VERSION"]
@@ -162,18 +163,7 @@ class InfoBatchSampler(Sampler[int]):
             else IterationSchedule(num_iterations, delta)  # type: ignore[arg-type]
         )
         self._iterations_done = 0  # update() calls (batches) over the whole run
-        if sampling is not None and not isinstance(sampling, WeightedSampling):
-            raise TypeError(
-                f"sampling must be a WeightedSampling, got {type(sampling).__name__}; to "
-                "compose your own sampler, give its per-sample weights: "
-                "WeightedSampling(weights, num_draws)"
-            )
-        if sampling is not None and sampling.weights.numel() != num_samples:
-            raise ValueError(
-                f"sampling has {sampling.weights.numel()} weights but the dataset has "
-                f"{num_samples} samples; give one weight per sample"
-            )
-        self.sampling = sampling
+        self.sampling = check_sampling(sampling, num_samples)
         default_rule = SoftPruning(prune_ratio)
         self.prune_ratio = float(prune_ratio)
         self.rule: PruningRule | EpochAwareRule = rule if rule is not None else default_rule
@@ -528,45 +518,10 @@ class InfoBatchSampler(Sampler[int]):
                 sample (it keeps its previous one, silently) and gives its loss weight 0 (e.g.
                 a sequence with no target token). The mean still divides by the batch size.
         """
-        batch = check_per_sample("loss", loss)
-        if score is not None:
-            check_per_sample("score", score)
-            if score.shape != loss.shape:
-                raise ValueError(
-                    f"score has shape {tuple(score.shape)} but loss has {tuple(loss.shape)}; "
-                    "give one score per sample"
-                )
-        if valid is not None and (
-            not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.shape != loss.shape
-        ):
-            shown = getattr(valid, "dtype", type(valid).__name__)
-            raise TypeError(
-                f"valid must be a bool tensor shaped like loss {tuple(loss.shape)}, got {shown}"
-            )
+        batch = check_update_inputs(loss, score, valid)
         life, plan = self._life, self._plan
-        if plan is None or not life.pass_open:
-            raise InfoBatchError(
-                "update() was called before the loader yielded any batch of this epoch; "
-                "iterate a DataLoader built with sampler=<InfoBatch>.sampler, then pass each "
-                "batch's per-sample losses to update()"
-            )
-        if life.phase is Phase.COMPLETE:
-            raise InfoBatchError(
-                f"update() was called after all {life.length} planned samples of epoch "
-                f"{life.epoch} were updated; call update() once per batch. If your "
-                "DataLoader keeps the last partial batch, build InfoBatch with drop_last=False"
-            )
-        if self._side_passes and life.yielded == life.length:
-            raise InfoBatchError(
-                f"update() received losses while a second iteration over the loader is open, "
-                f"after epoch {life.epoch}'s pass handed out all its samples with "
-                f"{life.length - life.consumed} still waiting for update(): infobatch cannot "
-                "tell whether these losses are that epoch's last batches or a new loop's. If "
-                "the earlier loop is over, some of its batches never reached update(): if you "
-                "broke it off on purpose, call end_epoch() (or set_epoch(next_epoch)) before "
-                "the next loop; else call update() once per batch, and if your DataLoader "
-                "uses drop_last=True, pass drop_last=True to InfoBatch as well"
-            )
+        life.check_update(planned=plan is not None, side_pass_open=self._side_passes > 0)
+        assert plan is not None
         if loss.device != self._scores.device:
             plan = self._move_to(loss.device, plan)
         start, end = life.consumed, life.consumed + batch

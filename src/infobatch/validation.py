@@ -17,6 +17,8 @@ __all__ = [
     "check_positive_int",
     "check_per_sample",
     "check_indices",
+    "check_update_inputs",
+    "check_sampling",
 ]
 
 #: Seeds are integers in ``[0, SEED_LIMIT)``, as ``torch.initial_seed()`` returns them.
@@ -88,3 +90,41 @@ def check_indices(indices: Any, batch: int, num_samples: int, device: torch.devi
                 f"got values from {low} to {high}"
             )
     return tensor.to(device=device, dtype=torch.int64, non_blocking=True)
+
+
+def check_update_inputs(loss: Any, score: Any, valid: Any) -> int:
+    """Check ``update()``'s per-sample ``loss``, ``score`` and ``valid``; return the batch size."""
+    batch = check_per_sample("loss", loss)
+    if score is not None:
+        check_per_sample("score", score)
+        if score.shape != loss.shape:
+            raise ValueError(
+                f"score has shape {tuple(score.shape)} but loss has {tuple(loss.shape)}; "
+                "give one score per sample"
+            )
+    if valid is not None and (
+        not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.shape != loss.shape
+    ):
+        shown = getattr(valid, "dtype", type(valid).__name__)
+        raise TypeError(
+            f"valid must be a bool tensor shaped like loss {tuple(loss.shape)}, got {shown}"
+        )
+    return batch
+
+
+def check_sampling(sampling: Any, num_samples: int) -> Any:
+    """``sampling`` if it is ``None`` or a ``WeightedSampling`` with one weight per sample."""
+    from .sampling import WeightedSampling
+
+    if sampling is not None and not isinstance(sampling, WeightedSampling):
+        raise TypeError(
+            f"sampling must be a WeightedSampling, got {type(sampling).__name__}; to "
+            "compose your own sampler, give its per-sample weights: "
+            "WeightedSampling(weights, num_draws)"
+        )
+    if sampling is not None and sampling.weights.numel() != num_samples:
+        raise ValueError(
+            f"sampling has {sampling.weights.numel()} weights but the dataset has "
+            f"{num_samples} samples; give one weight per sample"
+        )
+    return sampling
