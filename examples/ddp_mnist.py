@@ -12,8 +12,11 @@ Without torchrun it trains in one process. ``--data-dir`` holds the four IDX fil
 (``train-images-idx3-ubyte.gz`` ...; gzip-compressed or not). Rank 0 prints each epoch's test
 accuracy and how many sample passes InfoBatch has saved. ``--checkpoint`` saves model, optimiser
 and InfoBatch state on rank 0 after every epoch; ``--resume`` loads it on every rank (with any
-number of processes; ``--stop-after E`` stops after epoch E to try it). ``--train-subset 6000``
-makes a quick check run.
+number of processes; ``--stop-after E`` stops after epoch E to try it). ``--stop-at-step S``
+instead saves a mid-epoch checkpoint after the run's S-th optimizer step and stops, as a
+preempted job would; ``--resume`` then continues inside that epoch, on the same number of
+processes, exactly as the uninterrupted run (compare the ``final weights`` line both print).
+``--train-subset 6000`` makes a quick check run.
 
 The InfoBatch part is the usual three lines; under ``torch.distributed`` nothing else changes:
 every rank plans the same epoch from the same scores and seed, trains its own share, and the
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import os
 import struct
 import time
@@ -111,7 +115,40 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--stop-after", type=int, default=None, help="stop after this epoch (to try --resume)"
     )
+    parser.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        help="save a mid-epoch checkpoint after this optimizer step of the run, and stop",
+    )
     return parser.parse_args()
+
+
+def save_mid_epoch(
+    path: Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    dataset: InfoBatch[Any],
+    run_steps: int,
+) -> None:
+    """Save a checkpoint inside an epoch: every rank's unmerged scores, gathered on every rank."""
+    if path is None:
+        raise SystemExit("--stop-at-step needs --checkpoint PATH to save to")
+    infobatch = dataset.state_dict(all_ranks=True)  # on every rank
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        torch.save(
+            {
+                "model": getattr(model, "module", model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "infobatch": infobatch,
+                "run_steps": run_steps,
+            },
+            path,
+        )
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def setup() -> tuple[int, int, torch.device]:
@@ -188,6 +225,7 @@ def main() -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         dataset.load_state_dict(state["infobatch"])
+    run_steps = int(state.get("run_steps", 0)) if args.resume is not None else 0
     if rank == 0:
         print(
             f"{world} process(es), backend {dist.get_backend() if world > 1 else 'none'}, "
@@ -197,7 +235,7 @@ def main() -> None:
         )
         print("epoch     kept/total  steps  train loss  test acc  saved so far   time", flush=True)
 
-    started = time.perf_counter()
+    started, stopped = time.perf_counter(), False
     for epoch in range(dataset.epoch, args.epochs):
         dataset.sampler.set_epoch(epoch)  # optional, as with DistributedSampler
         epoch_start = time.perf_counter()
@@ -214,6 +252,15 @@ def main() -> None:
             loss_sum += per_sample.detach().sum()  # stays on the device: no sync per step
             trained += len(labels)
             steps += 1
+            run_steps += 1
+            if run_steps == args.stop_at_step:
+                save_mid_epoch(args.checkpoint, model, optimizer, scheduler, dataset, run_steps)
+                stopped = True
+                break
+        if stopped:
+            if rank == 0:
+                print(f"stopped in epoch {epoch} after step {run_steps}; saved", flush=True)
+            break
         scheduler.step()
         correct, count = evaluate(model, test_set, rank, world)
         loss_total, trained, correct, count = sum_over_ranks(
@@ -226,6 +273,7 @@ def main() -> None:
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "infobatch": dataset.state_dict(),
+                    "run_steps": run_steps,
                 },
                 args.checkpoint,
             )
@@ -239,7 +287,10 @@ def main() -> None:
             )
         if epoch == args.stop_after:
             break
-    if rank == 0:
+    if rank == 0 and not stopped:
+        weights = torch.cat([p.detach().cpu().flatten() for p in model.parameters()])
+        digest = hashlib.sha256(weights.numpy().tobytes()).hexdigest()[:16]
+        print(f"final weights {digest}", flush=True)
         print(
             f"done in {time.perf_counter() - started:.1f}s; InfoBatch skipped "
             f"{dataset.get_pruned_count()} sample passes ({100 * dataset.saved_fraction:.1f}%)",
