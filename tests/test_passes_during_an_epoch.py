@@ -112,3 +112,16 @@ def test_iteration_mode_with_passes_that_keep_nothing_names_the_cause() -> None:
     with pytest.raises(InfoBatchError, match="kept no sample"):
         for x, _label in iterations(loader, 30):
             dataset.update(loss_of(x[:, 0]))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_zero_in_kept_counts_gives_an_empty_epoch_that_completes(workers: int) -> None:
+    from infobatch.policies import DynamicRandom
+
+    rule = DynamicRandom(kept_counts=[20, 0, 12, 20])
+    dataset = InfoBatch(IndexedDataset(20), num_epochs=4, delta=0.75, rule=rule)
+    loader = DataLoader(dataset, batch_size=4, sampler=dataset.sampler, num_workers=workers)
+    for _epoch in range(4):
+        for x, _label in loader:
+            dataset.update(loss_of(x[:, 0]))
+    assert [s.num_kept for s in dataset.history] == [20, 0, 12, 20]
