@@ -38,7 +38,7 @@ from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
 from .sampling import WeightedSampling
 from .schedule import AnnealingSchedule, IterationSchedule
-from .scores import ScoreTable
+from .scores import ScoreTable, warn_unrecorded
 from .stats import EpochStats, saved_fraction, with_epoch
 from .validation import (
     check_flag,
@@ -469,20 +469,11 @@ class InfoBatchSampler(Sampler[int]):
         if not self._scores.has_counts:
             return
         nonfinite, saturated = self._scores.pop_counts()
-        if nonfinite and self._nonfinite_total == 0:
-            warnings.warn(
-                f"{nonfinite} non-finite losses (nan/inf) in epoch {self._life.epoch} were not "
-                "recorded as scores; those samples keep their previous scores. Further ones "
-                "are counted in nonfinite_count without warning.",
-                stacklevel=4,
-            )
-        if saturated and self._saturated_total == 0:
-            warnings.warn(
-                f"{saturated} float64 scores in epoch {self._life.epoch} exceed float32's range "
-                "(3.4e38) and were stored as +-3.4e38 in the float32 score table; rescale "
-                "your losses or pass a smaller score= to keep their order.",
-                stacklevel=4,
-            )
+        warn_unrecorded(
+            self._life.epoch,
+            nonfinite if self._nonfinite_total == 0 else 0,
+            saturated if self._saturated_total == 0 else 0,
+        )
         self._nonfinite_total += nonfinite
         self._saturated_total += saturated
 
@@ -605,20 +596,12 @@ class InfoBatchSampler(Sampler[int]):
         digest = merge.digest if merge is not None else None
         state = {
             "version": STATE_VERSION,
-            "num_samples": self.num_samples,
-            "num_epochs": self.num_epochs,
-            "num_iterations": self.num_iterations,
+            **self._plan_settings(),
             "iterations_done": self._iterations_done,
-            "prune_ratio": self.prune_ratio,
-            "delta": self.delta,
-            "score_momentum": self.score_momentum,
             "seed": self.seed,
-            "drop_last": self.drop_last,
             "batch_size": self.batch_size,
             "num_replicas": self.num_replicas,
             "rank": self.rank,
-            "sampling": sampling_identity(self.sampling),
-            "rule_identity": rule_identity(self.rule),
             "epoch": epoch,
             "position": position,
             "plan": saved_plan,
@@ -633,6 +616,20 @@ class InfoBatchSampler(Sampler[int]):
             state["unmerged_by_rank"] = gather_parts(merge.collectives, part, self.num_replicas)
         return state
 
+    def _plan_settings(self) -> dict[str, Any]:
+        """The settings that shape a plan, as a checkpoint records and checks them."""
+        return {
+            "num_samples": self.num_samples,
+            "num_epochs": self.num_epochs,
+            "num_iterations": self.num_iterations,
+            "prune_ratio": self.prune_ratio,
+            "delta": self.delta,
+            "score_momentum": self.score_momentum,
+            "drop_last": self.drop_last,
+            "sampling": sampling_identity(self.sampling),
+            "rule_identity": rule_identity(self.rule),
+        }
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; the sampler's settings must match the saved ones.
 
@@ -641,20 +638,7 @@ class InfoBatchSampler(Sampler[int]):
         state or an ``all_ranks=True`` one. A sampler built without ``seed=`` takes the
         checkpoint's seed.
         """
-        check_state(
-            state,
-            {
-                "num_samples": self.num_samples,
-                "num_epochs": self.num_epochs,
-                "num_iterations": self.num_iterations,
-                "prune_ratio": self.prune_ratio,
-                "delta": self.delta,
-                "score_momentum": self.score_momentum,
-                "drop_last": self.drop_last,
-                "sampling": sampling_identity(self.sampling),
-                "rule_identity": rule_identity(self.rule),
-            },
-        )
+        check_state(state, self._plan_settings())
         saved_seed = check_seed(state.get("seed"))
         if self.seed_given and saved_seed != self.seed:
             raise ValueError(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-__all__ = ["ScoreTable"]
+__all__ = ["ScoreTable", "warn_unrecorded"]
 
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -194,3 +196,21 @@ class ScoreTable:
         if self._buffer is not None:
             self.local.fill_(float("-inf"))
         self.local_dirty = False
+
+
+def warn_unrecorded(epoch: int, nonfinite: int, saturated: int) -> None:
+    """Warn about scores of ``epoch`` not recorded as given (0: nothing to say)."""
+    if nonfinite:
+        warnings.warn(
+            f"{nonfinite} non-finite losses (nan/inf) in epoch {epoch} were not recorded as "
+            "scores; those samples keep their previous scores. Further ones are counted in "
+            "nonfinite_count without warning.",
+            stacklevel=5,
+        )
+    if saturated:
+        warnings.warn(
+            f"{saturated} float64 scores in epoch {epoch} exceed float32's range (3.4e38) and "
+            "were stored as +-3.4e38 in the float32 score table; rescale your losses or pass "
+            "a smaller score= to keep their order.",
+            stacklevel=5,
+        )
