@@ -81,7 +81,7 @@ class ScoreMerge:
         self.scores = scores
         self.collectives = collectives
         self.digest: Tensor | None = None  # of the plan being trained (int64 on the device)
-        self._pending: tuple[PendingReduce, Tensor, int] | None = None
+        self._pending: tuple[PendingReduce, int] | None = None
 
     @property
     def pending(self) -> bool:
@@ -108,7 +108,7 @@ class ScoreMerge:
         n = self.scores.num_samples
         buffer[n : n + _SLOTS] = slots
         buffer[n + _SLOTS :] = -slots
-        self._pending = (self.collectives.start_all_reduce_max(buffer), slots, epoch)
+        self._pending = (self.collectives.start_all_reduce_max(buffer), epoch)
 
     def finish(self, rank: int = 0) -> None:
         """Wait for the started merge, check the digests, fold the result into the table.
@@ -119,7 +119,7 @@ class ScoreMerge:
         """
         if self._pending is None:
             return
-        pending, _slots, epoch = self._pending
+        pending, epoch = self._pending
         self._pending = None
         try:
             pending.wait()

@@ -70,11 +70,6 @@ class ScoreTable:
         return self.values.device
 
     @property
-    def tracks_updates(self) -> bool:
-        """The table keeps this rank's unmerged scores apart (several ranks)."""
-        return self._buffer is not None
-
-    @property
     def buffer(self) -> Tensor:
         """The local part followed by the spare slots (what the merge reduces, in place)."""
         if self._buffer is None:

@@ -265,10 +265,37 @@ def _per_group(name: str, value: float | Sequence[float], groups: int) -> list[f
 
 
 class OneCycleProgressLR(ProgressLR):
-    """``OneCycleLR``'s learning rate (and momentum) at ``progress() * total_steps``.
+    """``torch.optim.lr_scheduler.OneCycleLR`` driven by the fraction of the run done.
 
-    Built by :func:`one_cycle`, which documents the arguments. Positions past the last step
-    (``total_steps - 1``) stay at the final learning rate.
+    After each :meth:`~ProgressLR.step` the learning rate (and, with ``cycle_momentum``, the
+    momentum or Adam's ``beta1``) is what ``OneCycleLR(optimizer, max_lr, total_steps, ...)``
+    gives at step ``progress() * total_steps``, with the same arguments and defaults. Size
+    ``total_steps`` for full-data training (:func:`full_data_steps`): without pruning it
+    reproduces OneCycleLR step for step; with pruning the epochs are shorter and its last step
+    still runs at the final learning rate ``max_lr / div_factor / final_div_factor`` (a plain
+    OneCycleLR would stop partway, or raise when an epoch outgrows the count). Positions past
+    the last step keep the final rate. Like every :class:`ProgressLR`, extra ``step()`` calls
+    (Accelerate's prepared scheduler) change nothing, and it has no ``total_steps``
+    attribute, so Accelerate does not take it for a OneCycleLR.
+
+    Args:
+        optimizer (Optimizer): the optimizer; its learning rates start at
+            ``max_lr / div_factor`` (its current ones are replaced, as OneCycleLR does).
+        max_lr (float or sequence of float): the peak learning rate, one or one per group.
+        total_steps (int): the schedule's length in optimizer steps.
+        progress (callable): the fraction of the run done, e.g. ``SamplerProgress(dataset,
+            batch_size=..., accumulation=...)`` or ``lambda: callback.fraction``.
+        pct_start, anneal_strategy, cycle_momentum, base_momentum, max_momentum, div_factor,
+        final_div_factor, three_phase: as in ``OneCycleLR``.
+
+    Example::
+
+        >>> sampler = InfoBatchSampler(100, num_epochs=10, seed=0)
+        >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
+        >>> steps = full_data_steps(100, 10, 10)
+        >>> scheduler = one_cycle(optimizer, 0.1, steps, SamplerProgress(sampler, batch_size=10))
+        >>> round(optimizer.param_groups[0]["lr"], 12)  # 0.1 / 25
+        0.004
     """
 
     NOT_STATE: ClassVar[tuple[str, ...]] = (
@@ -371,67 +398,8 @@ class OneCycleProgressLR(ProgressLR):
         return rates
 
 
-def one_cycle(
-    optimizer: Optimizer,
-    max_lr: float | Sequence[float],
-    total_steps: int,
-    progress: Callable[[], float],
-    *,
-    pct_start: float = 0.3,
-    anneal_strategy: str = "cos",
-    cycle_momentum: bool = True,
-    base_momentum: float | Sequence[float] = 0.85,
-    max_momentum: float | Sequence[float] = 0.95,
-    div_factor: float = 25.0,
-    final_div_factor: float = 1e4,
-    three_phase: bool = False,
-) -> OneCycleProgressLR:
-    """``torch.optim.lr_scheduler.OneCycleLR`` driven by the fraction of the run done.
-
-    After each :meth:`~ProgressLR.step` the learning rate (and, with ``cycle_momentum``, the
-    momentum or Adam's ``beta1``) is what ``OneCycleLR(optimizer, max_lr, total_steps, ...)``
-    gives at step ``progress() * total_steps``, with the same arguments and defaults. Size
-    ``total_steps`` for full-data training (:func:`full_data_steps`): without pruning it
-    reproduces OneCycleLR step for step; with pruning the epochs are shorter and its last step
-    still runs at the final learning rate ``max_lr / div_factor / final_div_factor`` (a plain
-    OneCycleLR would stop partway, or raise when an epoch outgrows the count). Positions past
-    the last step keep the final rate. Like every :class:`ProgressLR`, extra ``step()`` calls
-    (Accelerate's prepared scheduler) change nothing, and it has no ``total_steps``
-    attribute, so Accelerate does not take it for a OneCycleLR.
-
-    Args:
-        optimizer (Optimizer): the optimizer; its learning rates start at
-            ``max_lr / div_factor`` (its current ones are replaced, as OneCycleLR does).
-        max_lr (float or sequence of float): the peak learning rate, one or one per group.
-        total_steps (int): the schedule's length in optimizer steps.
-        progress (callable): the fraction of the run done, e.g. ``SamplerProgress(dataset,
-            batch_size=..., accumulation=...)`` or ``lambda: callback.fraction``.
-        pct_start, anneal_strategy, cycle_momentum, base_momentum, max_momentum, div_factor,
-        final_div_factor, three_phase: as in ``OneCycleLR``.
-
-    Example::
-
-        >>> sampler = InfoBatchSampler(100, num_epochs=10, seed=0)
-        >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
-        >>> steps = full_data_steps(100, 10, 10)
-        >>> scheduler = one_cycle(optimizer, 0.1, steps, SamplerProgress(sampler, batch_size=10))
-        >>> optimizer.param_groups[0]["lr"]  # 0.1 / 25
-        0.004
-    """
-    return OneCycleProgressLR(
-        optimizer,
-        max_lr,
-        total_steps,
-        progress,
-        pct_start=pct_start,
-        anneal_strategy=anneal_strategy,
-        cycle_momentum=cycle_momentum,
-        base_momentum=base_momentum,
-        max_momentum=max_momentum,
-        div_factor=div_factor,
-        final_div_factor=final_div_factor,
-        three_phase=three_phase,
-    )
+#: The public name of :class:`OneCycleProgressLR` (a function-like constructor).
+one_cycle = OneCycleProgressLR
 
 
 def full_data_steps(
