@@ -8,6 +8,7 @@ says how far the seeds resolve it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -26,6 +27,7 @@ from sweep import (  # noqa: E402
     FULL,
     MATCHED,
     SETA_DEFAULT,
+    STEP_LIMITED_TASKS,
     TASKS,
     Setting,
 )
@@ -61,6 +63,22 @@ COLORS = {
     "no_rescale": "tab:orange",
     "no_anneal": "tab:purple",
     "seta": "gold",
+    "infobatch_keep_steps": "darkred",
+}
+#: The step-limited task's result files (``benchmarks/step_limited.py``), by peak learning rate.
+STEP_LIMITED_FILES = {
+    "step_limited.json": (
+        "peak learning rate 0.1 (the best for full data at 8 epochs)",
+        "python benchmarks/step_limited.py --mnist-dir ../shared/data/mnist --threads 1 "
+        "--epochs 4 8 16 --seeds $(seq 0 19) --modes full infobatch control keep_steps",
+    ),
+    "step_limited_lr0.02.json": (
+        "peak learning rate 0.02 (more step-limited: full data gains more from more steps)",
+        "python benchmarks/step_limited.py --mnist-dir ../shared/data/mnist --threads 1 "
+        "--max-lr 0.02 --epochs 4 8 16 --seeds $(seq 0 9) --modes full infobatch control "
+        "keep_steps r_0.7_keep_steps full_half_batch --output "
+        "benchmarks/results/step_limited_lr0.02.json",
+    ),
 }
 
 
@@ -159,6 +177,84 @@ def largest_lossless(
 
 
 # ---------------------------------------------------------------------------------- tables
+def regime_map_table(
+    runs: list[dict[str, Any]], task: str, spec: dict[str, Any], setups: Sequence[Setting]
+) -> list[str]:
+    """Per number of epochs: full data, and InfoBatch, the fewer-epochs control and
+    ``keep_steps`` against it (paired by seed), each with its saving."""
+    full_key, (default, control, keep) = FULL.key, setups[1:4]
+    configs = [(spec["settings"], spec["seeds"])]
+    configs += [(s, spec["epoch_sweep"]["seeds"]) for s in spec["epoch_sweep"]["settings"]]
+    rows = []
+    for settings, seeds in sorted(configs, key=lambda c: c[0]["epochs"]):
+        by_key = select_runs(runs, task, settings, seeds)
+        full = by_key.get(full_key, {})
+        if not full:
+            continue
+        cells = []
+        for setting in (default, control, keep):
+            got = by_key.get(setting.key, {})
+            if not got:
+                cells.append("-")
+                continue
+            summary = summarise_setting(got, full)
+            cells.append(f"{_diff(summary['delta'])} at {100 * _mean(summary['saved']):.1f}%")
+        accuracy = [100 * run["test_accuracy"] for run in full.values()]
+        rows.append(
+            f"| {settings['epochs']} | {len(full)} | {_mean(accuracy):.2f} ± "
+            f"{_std(accuracy) / math.sqrt(len(accuracy)):.2f} | " + " | ".join(cells) + " |"
+        )
+    if not rows:
+        return []
+    return [
+        "| epochs | seeds | full data acc % | InfoBatch - full (saved) "
+        "| full data, 3/4 of the epochs - full (saved) | InfoBatch, full data's steps - full "
+        "(saved) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
+
+
+def step_limited_lines(results: Path) -> list[str]:
+    """The step-limited task's regime map and candidates, from ``step_limited.py``'s JSON."""
+    import step_limited  # noqa: PLC0415  (imports torch; only needed for the report)
+
+    lines: list[str] = []
+    for name, (what, command) in STEP_LIMITED_FILES.items():
+        path = results / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        if not data.get("runs"):
+            continue
+        store = step_limited.Store(path, data["runs"][0]["settings"])
+        epochs = sorted({run["epochs"] for run in store.runs})
+        seeds = sorted({run["seed"] for run in store.runs})
+        rows = step_limited.summarise(store, epochs, seeds)
+        variants = step_limited.summarise_variants(store, epochs, seeds)
+        lines += [
+            f"### {what}",
+            "",
+            "```bash",
+            command,
+            "```",
+            "",
+            "Full data against InfoBatch at its defaults and the control (full data stopped at "
+            "InfoBatch's sample passes, its cosine compressed to them), paired by seed:",
+            "",
+            step_limited.format_table(rows),
+            "",
+            step_limited.step_limited_check(rows) + ".",
+            "",
+            "The other variants (`--modes`), paired by seed with full data and with InfoBatch "
+            "(LR sum: the learning rate summed over the optimizer steps, against full data's):",
+            "",
+            step_limited.format_variants(variants),
+            "",
+        ]
+    return lines
+
+
 def main_table(summary: dict[Setting, dict[str, Any]]) -> list[str]:
     """The equal-budget comparison of one task (the paper's table, with timings)."""
     lines = [
@@ -663,6 +759,36 @@ def write_report(
         lines += ["### Targets", "", "| target | met | measured |", "| --- | --- | --- |"]
         for name, met, measured in targets(task, summary):
             lines.append(f"| {name} | {'yes' if met else 'no'} | {measured} |")
+    maps = [
+        (task, regime_map_table(runs, task, current[task], current[task]["epoch_sweep"]["setups"]))
+        for task in chosen
+        if current[task].get("epoch_sweep", {}).get("settings")
+    ]
+    if any(table for _, table in maps):
+        lines += [
+            "",
+            "## The regime map: paired difference against the number of epochs",
+            "",
+            "Each task also trained at other numbers of epochs (`EPOCH_SWEEP` in "
+            "`benchmarks/sweep.py`, fewer seeds), paired by seed with full data at the same "
+            "epochs: InfoBatch at its defaults, the control (full data for 3/4 of the epochs, "
+            "its one-cycle compressed to them) and `keep_steps=True` (mean ± SE, points).",
+        ]
+        for task, table in maps:
+            if table:
+                lines += ["", f"### {_label(task)}", "", *table]
+    step_lines = step_limited_lines(output)
+    if step_lines:
+        lines += [
+            "",
+            f"## Step-limited task: {STEP_LIMITED_TASKS['mnist6k'][0]}",
+            "",
+            f"{STEP_LIMITED_TASKS['mnist6k'][1]}. Trained by `benchmarks/step_limited.py` (its "
+            "own loop, not the one above); every run is stored in the JSON files below and "
+            "these tables are made from them.",
+            "",
+            *step_lines,
+        ]
     lines += ["", "## Plots", ""]
     for name, caption in PLOTS.items():
         if (output / name).is_file():

@@ -41,7 +41,19 @@ from infobatch.policies import Rule, StaticRandom, make_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
-from sweep import ABLATIONS, DEFAULT, FULL, MATCHED, SEEDS, TASKS, Setting, settings_for  # noqa: E402
+from sweep import (  # noqa: E402
+    ABLATIONS,
+    DEFAULT,
+    EPOCH_SWEEP,
+    EPOCH_SWEEP_SEEDS,
+    EPOCH_SWEEP_SETTINGS,
+    FULL,
+    MATCHED,
+    SEEDS,
+    TASKS,
+    Setting,
+    settings_for,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_VERSION = 2
@@ -159,7 +171,7 @@ def policy_setup(
             return True, StaticRandom(subset_size=round(sum(kept) / config.epochs), seed=seed)
         pruned_epochs = AnnealingSchedule(config.epochs, setting.delta).pruned_epochs
         kwargs["kept_counts"] = kept[:pruned_epochs]
-    if setting.family in ("infobatch", "no_anneal", "infobatch_ema"):
+    if setting.family in ("infobatch", "no_anneal", "infobatch_ema", "infobatch_keep_steps"):
         return True, None  # InfoBatch's own rule at the setting's prune_ratio
     return True, make_policy(setting.family, **kwargs)
 
@@ -194,6 +206,7 @@ def run_one(
         delta=setting.delta,
         rule=rule,
         score_momentum=setting.score_momentum,
+        keep_steps=setting.keep_steps,
         eval_each_epoch=True,
         snapshot_epochs=snapshots,
     )
@@ -329,39 +342,60 @@ def main(argv: list[str] | None = None) -> int:
             sizes, seeds = QUICK_SIZES, 2
         settings = settings_of(config, sizes)
         chosen = settings_for(dataset, args.sweep)
-        current[dataset] = {"settings": settings, "seeds": seeds, "setups": chosen}
+        # the regime map: the same task at other numbers of epochs (not in --quick runs)
+        epoch_configs = [
+            dataclasses.replace(config, epochs=epochs)
+            for epochs in ([] if quick else EPOCH_SWEEP.get(dataset, ()))
+        ]
+        current[dataset] = {
+            "settings": settings,
+            "seeds": seeds,
+            "setups": chosen,
+            "epoch_sweep": {
+                "settings": [settings_of(c, sizes) for c in epoch_configs],
+                "seeds": EPOCH_SWEEP_SEEDS.get(dataset, 0),
+                "setups": EPOCH_SWEEP_SETTINGS,
+            },
+        }
         if args.report_only:
             continue
         splits = load_dataset(
             dataset, cache_dir=args.cache_dir, mnist_dir=args.mnist_dir, log=print
         ).subset(*sizes)
-        for seed in range(seeds):
-            for setting in chosen:
-                if store.find(dataset, setting.key, seed, settings) is not None:
-                    continue
-                reference = store.find(dataset, DEFAULT.key, seed, settings)
-                started = time.perf_counter()
-                result = run_one(splits, config, setting, seed, reference)
-                run = {
-                    "dataset": dataset,
-                    "setting": setting.key,
-                    "family": setting.family,
-                    "seed": seed,
-                    "settings": settings,
-                    "code": code,
-                    "environment": environment(),
-                    "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                    **result.as_dict(),
-                    "run_seconds": time.perf_counter() - started,
-                }
-                store.add(run)
-                print(
-                    f"{dataset:9s} seed {seed} {setting.key:70s} "
-                    f"acc {100 * result.test_accuracy:6.2f}%  "
-                    f"saved {100 * result.saved_fraction:5.1f}%  "
-                    f"train {result.train_seconds:6.1f}s",
-                    flush=True,
-                )
+        work = [(config, seed, setting) for seed in range(seeds) for setting in chosen]
+        work += [
+            (epoch_config, seed, setting)
+            for epoch_config in epoch_configs
+            for seed in range(EPOCH_SWEEP_SEEDS.get(dataset, 0))
+            for setting in EPOCH_SWEEP_SETTINGS
+        ]
+        for run_config, seed, setting in work:
+            run_settings = settings_of(run_config, sizes)
+            if store.find(dataset, setting.key, seed, run_settings) is not None:
+                continue
+            reference = store.find(dataset, DEFAULT.key, seed, run_settings)
+            started = time.perf_counter()
+            result = run_one(splits, run_config, setting, seed, reference)
+            run = {
+                "dataset": dataset,
+                "setting": setting.key,
+                "family": setting.family,
+                "seed": seed,
+                "settings": run_settings,
+                "code": code,
+                "environment": environment(),
+                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                **result.as_dict(),
+                "run_seconds": time.perf_counter() - started,
+            }
+            store.add(run)
+            print(
+                f"{dataset:9s} seed {seed} {setting.key:70s} "
+                f"acc {100 * result.test_accuracy:6.2f}%  "
+                f"saved {100 * result.saved_fraction:5.1f}%  "
+                f"train {result.train_seconds:6.1f}s",
+                flush=True,
+            )
     if args.no_report:
         return 0
     command = COMMAND + (" --quick" if quick else "")

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from infobatch import AnnealingSchedule, InfoBatch
 from infobatch.experiment import Splits, build_model, evaluate, load_mnist
+from infobatch.policies import POLICIES, Rule, make_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import STEP_LIMITED_EPOCHS, STEP_LIMITED_SEEDS, STEP_LIMITED_TASKS  # noqa: E402
@@ -50,10 +51,112 @@ from sweep import STEP_LIMITED_EPOCHS, STEP_LIMITED_SEEDS, STEP_LIMITED_TASKS  #
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_VERSION = 1
 TASK = "mnist6k"
-MODES = ("full", "infobatch", "control")
-#: A diagnostic, not part of the map: InfoBatch with the cosine schedule sized once from the
-#: first epoch's ``len(loader)`` (what a framework that counts steps up front does), so it ends
-#: early in learning rate when pruned epochs are shorter.
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of training the step-limited task (a run is a variant, a number of epochs and a
+    seed; every variant is paired by seed with ``full``).
+
+    Attributes:
+        name: the key stored with each run.
+        what: one line for the report.
+        pruned: trains through ``InfoBatch`` (else a plain shuffled loader).
+        prune_ratio, delta: InfoBatch's arguments.
+        policy: a name of :data:`infobatch.policies.POLICIES` (``None``: InfoBatch's own rule).
+        params: the policy's keyword arguments.
+        matched: the policy's ``kept_counts`` are the seed's ``infobatch`` run's (equal budget).
+        keep_steps: ``InfoBatch(keep_steps=True)``: pruned epochs train in smaller batches,
+            as many optimizer steps as a full epoch.
+        sized_once: the cosine schedule is sized once from epoch 0's ``len(loader)`` (what a
+            framework counting steps up front does), so it ends early in learning rate.
+        control: full data stopped at the sample passes of the seed's ``infobatch`` run.
+        batch_size: full data's batch size when it is not the task's (a diagnostic).
+    """
+
+    name: str
+    what: str
+    pruned: bool = True
+    prune_ratio: float = 0.5
+    delta: float = 0.875
+    policy: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+    matched: bool = False
+    keep_steps: bool = False
+    sized_once: bool = False
+    control: bool = False
+    batch_size: int | None = None
+
+
+#: Every variant by name. ``full``, ``infobatch`` and ``control`` make the regime map; the rest
+#: are the candidates of issue 14 item 2 and the policies of item 3.
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("full", "full data", pruned=False),
+        Variant("infobatch", "InfoBatch defaults (r=0.5, delta=0.875)"),
+        Variant(
+            "control",
+            "full data stopped at InfoBatch's sample passes, cosine compressed to them",
+            pruned=False,
+            control=True,
+        ),
+        Variant(
+            "infobatch_sized_once",
+            "InfoBatch defaults, cosine sized once from epoch 0 (stops early in LR)",
+            sized_once=True,
+        ),
+        Variant(
+            "keep_steps",
+            "InfoBatch defaults, pruned epochs with smaller batches: full data's optimizer steps",
+            keep_steps=True,
+        ),
+        Variant(
+            "full_half_batch",
+            "full data at half the batch size (twice the optimizer steps, same samples)",
+            pruned=False,
+            batch_size=128,
+        ),
+        Variant("delta_0.75", "InfoBatch r=0.5, delta=0.75", delta=0.75),
+        Variant("r_0.3", "InfoBatch r=0.3", prune_ratio=0.3),
+        Variant(
+            "r_0.3_keep_steps",
+            "InfoBatch r=0.3, full data's steps",
+            prune_ratio=0.3,
+            keep_steps=True,
+        ),
+        Variant(
+            "r_0.7_keep_steps",
+            "InfoBatch r=0.7, full data's steps",
+            prune_ratio=0.7,
+            keep_steps=True,
+        ),
+        Variant(
+            "no_rescale",
+            "InfoBatch's pruning, weight 1",
+            policy="no_rescale",
+            params=(("prune_ratio", 0.5),),
+        ),
+        Variant(
+            "dynamic_random",
+            "a random subset each epoch at InfoBatch's budget",
+            policy="dynamic_random",
+            matched=True,
+        ),
+        Variant(
+            "dynamic_random_keep_steps",
+            "random subset at InfoBatch's budget, full steps",
+            policy="dynamic_random",
+            matched=True,
+            keep_steps=True,
+        ),
+        Variant("order_dp", "OrderDP at InfoBatch's budget", policy="order_dp", matched=True),
+        Variant("repb", "RePB", policy="repb"),
+        Variant("ies", "IES", policy="ies"),
+    )
+}
+MAP_VARIANTS = ("full", "infobatch", "control")
+#: Kept for the runs stored before variants had names of their own.
 DIAGNOSTIC = "infobatch_sized_once"
 
 
@@ -92,45 +195,65 @@ def train_loss_and_accuracy(
     return total / len(y), correct / len(y)
 
 
+def _weight_norm(model: nn.Module) -> float:
+    return float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
+
+
+def make_rule(variant: Variant, epochs: int, reference: dict[str, Any] | None) -> Rule | None:
+    """The variant's pruning rule (``None``: InfoBatch's own)."""
+    if variant.policy is None:
+        return None
+    kwargs = dict(variant.params)
+    if variant.matched:
+        if reference is None:
+            raise SystemExit(f"{variant.name} needs the infobatch run of its seed first")
+        pruned_epochs = AnnealingSchedule(epochs, _delta(variant)).pruned_epochs
+        kwargs["kept_counts"] = [int(k) for k in reference["kept_per_epoch"][:pruned_epochs]]
+    return make_policy(variant.policy, **kwargs)
+
+
+def _delta(variant: Variant) -> float:
+    if variant.policy is not None and POLICIES[variant.policy].delta is not None:
+        return float(POLICIES[variant.policy].delta)  # type: ignore[arg-type]
+    return variant.delta
+
+
 def train_run(
     splits: Splits,
     config: StepLimitedConfig,
     *,
     epochs: int,
     seed: int,
-    mode: str,
-    budget: int | None = None,
+    variant: Variant,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one run of ``mode`` for ``epochs`` epochs and return what it measured.
+    """Train one run of ``variant`` for ``epochs`` epochs and return what it measured.
 
-    ``budget`` (``control`` only) is the number of sample passes to stop at; the cosine
-    schedule then follows ``passes / budget``.
+    ``reference`` is the seed's ``infobatch`` run (for the control's budget of sample passes,
+    then the cosine follows ``passes / budget``, and for matched budgets).
     """
-    if mode not in (*MODES, DIAGNOSTIC):
-        raise ValueError(f"Unknown mode {mode!r}, expected one of {[*MODES, DIAGNOSTIC]}")
-    if (mode == "control") != (budget is not None):
-        raise ValueError("a control run needs a budget of sample passes, and only it takes one")
+    budget = None
+    if variant.control:
+        if reference is None:
+            raise SystemExit(f"control E={epochs} seed {seed} needs its infobatch run")
+        budget = int(reference["sample_passes"])
     model = build_model("mnist", seed)
     model.train()
     train_set = TensorDataset(splits.x_train, splits.y_train)
     num_train = len(train_set)
+    full_steps = math.ceil(num_train / config.batch_size)
     pruned: InfoBatch[tuple[Tensor, ...]] | None = None
     generator = torch.Generator().manual_seed(seed)
-    if mode in ("infobatch", DIAGNOSTIC):
+    if variant.pruned:
         pruned = InfoBatch(
             train_set,
             epochs,
-            config.prune_ratio,
-            config.delta,
+            variant.prune_ratio,
+            _delta(variant),
             seed=seed,
             batch_size=config.batch_size,
-        )
-        loader: DataLoader[tuple[Tensor, ...]] = DataLoader(
-            pruned, batch_size=config.batch_size, sampler=pruned.sampler, generator=generator
-        )
-    else:
-        loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, generator=generator
+            keep_steps=variant.keep_steps,
+            rule=make_rule(variant, epochs, reference),
         )
     criterion = nn.CrossEntropyLoss(reduction="none")
     optimizer = torch.optim.SGD(
@@ -144,10 +267,23 @@ def train_run(
     kept: list[int] = []
     weights: list[float] = []
     lr_at_epoch_end: list[float] = []
+    lr_sum = 0.0  # sum of the learning rate over optimizer steps
+    weight_norms: list[float] = []
     started, cpu_started = time.perf_counter(), time.process_time()
     max_epochs = epochs if budget is None else math.ceil(budget / num_train)
     for epoch in range(max_epochs):
-        epoch_steps = len(loader)  # InfoBatch plans the epoch here: exact
+        if pruned is not None:  # keep_steps: the epoch's batch size comes from the sampler
+            loader: DataLoader[tuple[Tensor, ...]] = DataLoader(
+                pruned, batch_sampler=pruned.batch_sampler, generator=generator
+            )
+        else:
+            loader = DataLoader(
+                train_set,
+                batch_size=variant.batch_size or config.batch_size,
+                shuffle=True,
+                generator=generator,
+            )
+        epoch_steps = len(loader)
         epoch_passes = 0
         lr = config.max_lr
         for step, (x, y) in enumerate(loader):
@@ -158,8 +294,8 @@ def train_run(
                 progress = passes / budget
             else:
                 progress = (epoch + step / epoch_steps) / epochs
-                if mode == DIAGNOSTIC:  # sized once: epoch 0 is never pruned, so it is full
-                    progress = steps / (epochs * math.ceil(num_train / config.batch_size))
+                if variant.sized_once:  # epoch 0 is never pruned, so it is full
+                    progress = steps / (epochs * full_steps)
             lr = cosine_lr(config.max_lr, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -169,10 +305,12 @@ def train_run(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             steps += 1
+            lr_sum += lr
             passes += len(y)
             epoch_passes += len(y)
         kept.append(epoch_passes)
         lr_at_epoch_end.append(lr)
+        weight_norms.append(_weight_norm(model))
         if pruned is not None:
             weights.append(pruned.history[epoch].weight)
     train_seconds = time.perf_counter() - started
@@ -181,9 +319,9 @@ def train_run(
     train_loss, train_accuracy = train_loss_and_accuracy(
         model, splits.x_train, splits.y_train, config.eval_batch_size
     )
-    schedule = AnnealingSchedule(epochs, config.delta)
+    schedule = AnnealingSchedule(epochs, _delta(variant))
     return {
-        "mode": mode,
+        "mode": variant.name,
         "epochs": epochs,
         "seed": seed,
         "test_accuracy": accuracy,
@@ -193,9 +331,11 @@ def train_run(
         "full_passes": epochs * num_train,
         "saved_fraction": 1.0 - passes / (epochs * num_train),
         "optimizer_steps": steps,
-        "full_optimizer_steps": epochs * math.ceil(num_train / config.batch_size),
+        "full_optimizer_steps": epochs * full_steps,
+        "lr_sum": lr_sum,
         "kept_per_epoch": kept,
         "weight_per_epoch": weights,
+        "weight_norm_per_epoch": weight_norms,
         "lr_at_epoch_end": lr_at_epoch_end,
         "annealing_epochs": epochs - schedule.pruned_epochs if pruned is not None else None,
         "train_seconds": train_seconds,
@@ -252,42 +392,43 @@ def _mean_se(values: list[float]) -> tuple[float, float | None]:
     return mean, se
 
 
+def _paired(
+    store: Store, variant: str, epochs: int, seeds: list[int], against: str = "full"
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    pairs = []
+    for seed in seeds:
+        run, base = store.find(variant, epochs, seed), store.find(against, epochs, seed)
+        if run is not None and base is not None:
+            pairs.append((run, base))
+    return pairs
+
+
 def summarise(store: Store, epochs_list: list[int], seeds: list[int]) -> list[dict[str, Any]]:
-    """Per ``E``: full-data accuracy and the paired differences over the seeds that have all
-    three runs."""
+    """The regime map: per ``E``, full-data accuracy and the paired differences over the seeds
+    that have all three runs (full, InfoBatch, control)."""
     rows = []
     for epochs in epochs_list:
         triples: list[list[dict[str, Any]]] = []
         for seed in seeds:
-            runs = [store.find(mode, epochs, seed) for mode in MODES]
+            runs = [store.find(mode, epochs, seed) for mode in MAP_VARIANTS]
             found = [run for run in runs if run is not None]
-            if len(found) == len(MODES):
+            if len(found) == len(MAP_VARIANTS):
                 triples.append(found)
         if not triples:
             continue
         full = [100 * t[0]["test_accuracy"] for t in triples]
         infobatch = [100 * t[1]["test_accuracy"] for t in triples]
         control = [100 * t[2]["test_accuracy"] for t in triples]
-        ib_diff = _mean_se([b - a for a, b in zip(full, infobatch)])
-        control_diff = _mean_se([c - a for a, c in zip(full, control)])
-        ib_vs_control = _mean_se([b - c for b, c in zip(infobatch, control)])
-        sized_once = [
-            100 * d["test_accuracy"] - f
-            for t, f in zip(triples, full)
-            if (d := store.find(DIAGNOSTIC, epochs, t[0]["seed"])) is not None
-        ]
         rows.append(
             {
                 "epochs": epochs,
                 "seeds": [t[0]["seed"] for t in triples],
                 "full_accuracy": _mean_se(full),
                 "full_accuracy_per_seed": full,
-                "infobatch_minus_full": ib_diff,
-                "control_minus_full": control_diff,
-                "infobatch_minus_control": ib_vs_control,
+                "infobatch_minus_full": _mean_se([b - a for a, b in zip(full, infobatch)]),
+                "control_minus_full": _mean_se([c - a for a, c in zip(full, control)]),
+                "infobatch_minus_control": _mean_se([b - c for b, c in zip(infobatch, control)]),
                 "infobatch_per_seed_diff": [b - a for a, b in zip(full, infobatch)],
-                "sized_once_minus_full": _mean_se(sized_once) if sized_once else None,
-                "sized_once_seeds": len(sized_once),
                 "saved_fraction": statistics.fmean(t[1]["saved_fraction"] for t in triples),
                 "steps_lost_fraction": statistics.fmean(
                     1 - t[1]["optimizer_steps"] / t[0]["optimizer_steps"] for t in triples
@@ -295,18 +436,66 @@ def summarise(store: Store, epochs_list: list[int], seeds: list[int]) -> list[di
                 "annealing_epochs": triples[0][1]["annealing_epochs"],
                 "train_loss": {
                     mode: statistics.fmean(t[i]["train_loss"] for t in triples)
-                    for i, mode in enumerate(MODES)
+                    for i, mode in enumerate(MAP_VARIANTS)
                 },
                 "seconds_per_run": {
                     mode: statistics.fmean(t[i]["train_seconds"] for t in triples)
-                    for i, mode in enumerate(MODES)
+                    for i, mode in enumerate(MAP_VARIANTS)
                 },
             }
         )
     return rows
 
 
-def _pm(value: tuple[float, float | None], digits: int = 2) -> str:
+def summarise_variants(
+    store: Store, epochs_list: list[int], seeds: list[int]
+) -> list[dict[str, Any]]:
+    """Every other variant against full data and InfoBatch, paired by seed, per ``E``."""
+    rows = []
+    for name, variant in VARIANTS.items():
+        if name in MAP_VARIANTS:
+            continue
+        for epochs in epochs_list:
+            pairs = _paired(store, name, epochs, seeds)
+            if not pairs:
+                continue
+            versus_infobatch = _paired(store, name, epochs, seeds, against="infobatch")
+            rows.append(
+                {
+                    "variant": name,
+                    "what": variant.what,
+                    "epochs": epochs,
+                    "seeds": [run["seed"] for run, _ in pairs],
+                    "minus_full": _mean_se(
+                        [100 * (r["test_accuracy"] - b["test_accuracy"]) for r, b in pairs]
+                    ),
+                    "minus_infobatch": _mean_se(
+                        [
+                            100 * (r["test_accuracy"] - b["test_accuracy"])
+                            for r, b in versus_infobatch
+                        ]
+                    )
+                    if versus_infobatch
+                    else None,
+                    "saved_fraction": statistics.fmean(r["saved_fraction"] for r, _ in pairs),
+                    "steps_lost_fraction": statistics.fmean(
+                        1 - r["optimizer_steps"] / b["optimizer_steps"] for r, b in pairs
+                    ),
+                    "lr_sum_lost_fraction": statistics.fmean(
+                        1 - r["lr_sum"] / b["lr_sum"] for r, b in pairs if "lr_sum" in b
+                    )
+                    if all("lr_sum" in r and "lr_sum" in b for r, b in pairs)
+                    else None,
+                    "train_loss": statistics.fmean(r["train_loss"] for r, _ in pairs),
+                    "full_train_loss": statistics.fmean(b["train_loss"] for _, b in pairs),
+                }
+            )
+    return rows
+
+
+def _pm(value: tuple[float, float | None] | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
     mean, se = value
     text = f"{mean:+.{digits}f}"
     return text + (f" ± {se:.{digits}f}" if se is not None else "")
@@ -320,10 +509,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "| train loss full / IB / control |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
-    diagnostic = any(row.get("sized_once_minus_full") for row in rows)
-    if diagnostic:
-        lines[0] += " schedule sized once - full (seeds) |"
-        lines[1] += " ---: |"
     for row in rows:
         mean, se = row["full_accuracy"]
         loss = row["train_loss"]
@@ -335,9 +520,25 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {_pm(row['control_minus_full'])} | {_pm(row['infobatch_minus_control'])} "
             f"| {loss['full']:.3f} / {loss['infobatch']:.3f} / {loss['control']:.3f} |"
         )
-        if diagnostic:
-            sized = row.get("sized_once_minus_full")
-            lines[-1] += f" {_pm(sized)} ({row['sized_once_seeds']}) |" if sized else " - |"
+    return "\n".join(lines)
+
+
+def format_variants(rows: list[dict[str, Any]]) -> str:
+    """The candidates and policies as a markdown table."""
+    lines = [
+        "| variant | epochs | seeds | - full | - InfoBatch | saved | steps lost "
+        "| LR sum lost | train loss (full) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for row in rows:
+        lr_lost = row["lr_sum_lost_fraction"]
+        lines.append(
+            f"| {row['variant']}: {row['what']} | {row['epochs']} | {len(row['seeds'])} "
+            f"| {_pm(row['minus_full'])} | {_pm(row['minus_infobatch'])} "
+            f"| {100 * row['saved_fraction']:.1f}% | {100 * row['steps_lost_fraction']:.1f}% "
+            f"| {'-' if lr_lost is None else f'{100 * lr_lost:.1f}%'} "
+            f"| {row['train_loss']:.3f} ({row['full_train_loss']:.3f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -372,9 +573,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=list(MODES),
-        choices=[*MODES, DIAGNOSTIC],
-        help="which runs to train (control needs the infobatch run of its seed)",
+        default=list(MAP_VARIANTS),
+        choices=list(VARIANTS),
+        help="which variants to train (control and matched ones need the seed's infobatch run)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--max-lr", type=float, default=StepLimitedConfig.max_lr)
@@ -401,14 +602,13 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 if store.find(mode, epochs, seed) is not None:
                     continue
-                budget = None
-                if mode == "control":
-                    reference = store.find("infobatch", epochs, seed)
-                    if reference is None:
-                        raise SystemExit(f"control E={epochs} seed {seed} needs its infobatch run")
-                    budget = int(reference["sample_passes"])
                 result = train_run(
-                    splits, config, epochs=epochs, seed=seed, mode=mode, budget=budget
+                    splits,
+                    config,
+                    epochs=epochs,
+                    seed=seed,
+                    variant=VARIANTS[mode],
+                    reference=store.find("infobatch", epochs, seed),
                 )
                 run = {
                     **result,
@@ -421,19 +621,24 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 store.add(run)
                 print(
-                    f"E={epochs:2d} seed {seed} {mode:9s} "
+                    f"E={epochs:2d} seed {seed} {mode:12s} "
                     f"acc {100 * result['test_accuracy']:6.2f}%  "
                     f"saved {100 * result['saved_fraction']:5.1f}%  "
                     f"steps {result['optimizer_steps']:5d}  "
                     f"train loss {result['train_loss']:.4f}  {result['train_seconds']:5.1f}s",
                     flush=True,
                 )
-    rows = summarise(store, sorted(set(args.epochs)), args.seeds)
-    summary = {"rows": rows, "check": step_limited_check(rows)}
+    all_epochs = sorted({run["epochs"] for run in store.runs})
+    all_seeds = sorted({run["seed"] for run in store.runs})
+    rows = summarise(store, all_epochs, all_seeds)
+    variant_rows = summarise_variants(store, all_epochs, all_seeds)
+    summary = {"rows": rows, "variants": variant_rows, "check": step_limited_check(rows)}
     store.add({}, summary)
     print()
     print(format_table(rows))
     print(summary["check"])
+    print()
+    print(format_variants(variant_rows))
     print(f"wrote {args.output}")
     return 0
 

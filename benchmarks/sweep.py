@@ -67,6 +67,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "InfoBatch, saving budget",
         "InfoBatch's rule with the ratio set per epoch to reach a total saving (`SavingBudget`)",
     ),
+    "infobatch_keep_steps": (
+        "InfoBatch, full data's steps",
+        "InfoBatch with `keep_steps=True`: pruned epochs make full data's number of optimizer "
+        "steps, in smaller batches (the saving is in samples, not in steps)",
+    ),
     "infobatch_ema": (
         "InfoBatch, EMA scores",
         "InfoBatch with `score_momentum`: scores are a moving average of the loss",
@@ -109,6 +114,7 @@ class Setting:
         delta: the sampler's ``delta``.
         score_momentum: the sampler's ``score_momentum``.
         matched: kept counts (or the subset size) taken from the default InfoBatch run.
+        keep_steps: the sampler's ``keep_steps`` (full data's optimizer steps).
     """
 
     family: str
@@ -116,6 +122,7 @@ class Setting:
     delta: float = 0.875
     score_momentum: float = 0.0
     matched: bool = False
+    keep_steps: bool = False
     kwargs: dict[str, Any] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +138,8 @@ class Setting:
             parts.append(f"score_momentum={self.score_momentum}")
         if self.matched:
             parts.append("matched")
+        if self.keep_steps:
+            parts.append("keep_steps")
         return f"{self.family}({', '.join(parts)})"
 
     @property
@@ -155,6 +164,8 @@ class Setting:
             parts.append(f"momentum={self.score_momentum}")
         if self.matched:
             parts.append("InfoBatch's budget")
+        if self.keep_steps:
+            parts.append("full data's steps")
         return ", ".join(parts) or "defaults"
 
 
@@ -164,6 +175,9 @@ def _p(**params: Any) -> tuple[tuple[str, Any], ...]:
 
 FULL = Setting("full")
 DEFAULT = Setting("infobatch", _p(prune_ratio=0.5))
+#: The setting for step-limited schedules: InfoBatch's defaults with full data's steps.
+KEEP_STEPS = Setting("infobatch_keep_steps", _p(prune_ratio=0.5), keep_steps=True)
+CONTROL = Setting("full_short", _p(epochs_fraction=0.75))
 
 #: At InfoBatch's default realised budget (the paper's equal-budget comparison).
 MATCHED = [
@@ -180,7 +194,9 @@ SETA_DEFAULT = Setting("seta", _p(prune_ratio=0.1, num_groups=5, window_scale=0.
 
 #: Settings that push each policy's saving up (part of both sweeps).
 REDUCED_SWEEP = [
-    Setting("full_short", _p(epochs_fraction=0.75)),
+    KEEP_STEPS,
+    Setting("infobatch_keep_steps", _p(prune_ratio=0.7), keep_steps=True),
+    CONTROL,
     Setting("full_short", _p(epochs_fraction=0.5)),
     Setting("infobatch", _p(prune_ratio=0.7)),
     Setting("saving_budget", _p(target=0.45)),
@@ -226,6 +242,11 @@ HARD_TASK_EXTRA = [
     Setting("ucb", _p(c=1.0, decay=0.8, prune_ratio=0.5)),
     Setting("no_rescale", _p(prune_ratio=0.8)),
 ]
+
+#: The regime map on these tasks: epochs besides each task's own, the settings and seeds.
+EPOCH_SWEEP = {"mnist1d": (4, 16), "mnist": (4, 16), "mnist_mlp": (4, 16)}
+EPOCH_SWEEP_SETTINGS = [FULL, DEFAULT, CONTROL, KEEP_STEPS]
+EPOCH_SWEEP_SEEDS = {"mnist1d": 3, "mnist": 3, "mnist_mlp": 4}
 
 #: Seeds per task in each sweep.
 SEEDS = {

@@ -16,7 +16,8 @@ number of processes; ``--stop-after E`` stops after epoch E to try it). ``--stop
 instead saves a mid-epoch checkpoint after the run's S-th optimizer step and stops, as a
 preempted job would; ``--resume`` then continues inside that epoch, on the same number of
 processes, exactly as the uninterrupted run (compare the ``final weights`` line both print).
-``--train-subset 6000`` makes a quick check run.
+``--train-subset 6000`` makes a quick check run. ``--keep-steps`` makes every pruned epoch as
+many optimizer steps as a full one, in smaller batches (for short, step-limited schedules).
 
 The InfoBatch part is the usual three lines; under ``torch.distributed`` nothing else changes:
 every rank plans the same epoch from the same scores and seed, trains its own share, and the
@@ -108,6 +109,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prune-ratio", type=float, default=0.5)
     parser.add_argument("--delta", type=float, default=0.875)
     parser.add_argument("--seed", type=int, default=0, help="same on every rank")
+    parser.add_argument(
+        "--keep-steps",
+        action="store_true",
+        help="pruned epochs keep full data's optimizer steps, in smaller batches",
+    )
     parser.add_argument("--train-subset", type=int, default=None, help="first N training images")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per rank")
     parser.add_argument("--checkpoint", type=Path, default=None, help="saved by rank 0 each epoch")
@@ -200,13 +206,24 @@ def main() -> None:
 
     # 1. Wrap the dataset: same arguments (and seed) on every rank; the process group is found.
     dataset = InfoBatch(
-        train_set, args.epochs, prune_ratio=args.prune_ratio, delta=args.delta, seed=args.seed
+        train_set,
+        args.epochs,
+        prune_ratio=args.prune_ratio,
+        delta=args.delta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        keep_steps=args.keep_steps,
     )
     # 2. Its sampler replaces DistributedSampler: each rank gets its share of the kept samples.
+    #    With --keep-steps its batch sampler also sets each epoch's batch size.
+    batching: dict[str, Any] = (
+        {"batch_sampler": dataset.batch_sampler}
+        if args.keep_steps
+        else {"batch_size": args.batch_size, "sampler": dataset.sampler}
+    )
     loader = DataLoader(
         dataset,
-        batch_size=args.batch_size,
-        sampler=dataset.sampler,
+        **batching,
         num_workers=args.num_workers,
         persistent_workers=args.num_workers > 0,
         pin_memory=device.type == "cuda",

@@ -77,6 +77,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "drop_last_no_set_epoch": dict(
         collectives="counted", set_epoch=False, drop_last=True, num_workers=0, indices=False
     ),
+    "keep_steps": dict(
+        collectives="default",
+        set_epoch=False,
+        drop_last=False,
+        num_workers=0,
+        indices=False,
+        keep_steps=True,
+    ),
 }
 
 
@@ -138,6 +146,8 @@ def plan_hash(plan: EpochPlan) -> str:
     digest.update(plan.order.cpu().numpy().tobytes())
     digest.update(plan.status.cpu().numpy().tobytes())
     digest.update(repr(plan.weight).encode())
+    if plan.sample_weights is not None:
+        digest.update(plan.sample_weights.cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -164,6 +174,8 @@ def make_run(variant: str, **overrides: Any) -> Run:
         delta=DELTA,
         seed=settings.get("seed", SEED),
         drop_last=settings["drop_last"],
+        batch_size=BATCH_SIZE if settings.get("keep_steps") else None,
+        keep_steps=settings.get("keep_steps", False),
         collectives=counter,
         sampling=settings.get("sampling"),
     )
@@ -173,11 +185,18 @@ def make_run(variant: str, **overrides: Any) -> Run:
     # resumed run could not be compared with an uninterrupted one bit for bit.
     model = DistributedDataParallel(nn.Linear(8, 4, bias=False))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    batching: dict[str, Any] = (
+        {"batch_sampler": dataset.batch_sampler}  # each epoch's batch size from the sampler
+        if settings.get("keep_steps")
+        else {
+            "batch_size": BATCH_SIZE,
+            "sampler": dataset.sampler,
+            "drop_last": settings["drop_last"],
+        }
+    )
     loader = DataLoader(
         dataset,
-        batch_size=BATCH_SIZE,
-        sampler=dataset.sampler,
-        drop_last=settings["drop_last"],
+        **batching,
         num_workers=settings["num_workers"],
         multiprocessing_context=settings.get("context"),
     )
@@ -580,14 +599,19 @@ def job_policies(out_dir: Path, config: dict[str, Any]) -> Record:
         torch.manual_seed(dist.get_rank())  # ranks differ in their models: only merged scores agree
         model = nn.Linear(8, 4)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        hashes = []
+        hashes, mid_epoch = [], {}
         for epoch in range(6):
             dataset.sampler.set_epoch(epoch)
-            for features, labels, _index in loader:
+            for step, (features, labels, _index) in enumerate(loader):
                 loss = dataset.update(F.cross_entropy(model(features), labels, reduction="none"))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                if epoch == 2 and step == 3:  # the iterations of the scores, mid-epoch
+                    mid_epoch = {
+                        "own": dataset.state_dict()["score_iterations"],
+                        "all_ranks": dataset.state_dict(all_ranks=True)["score_iterations"],
+                    }
             assert dataset.sampler.plan is not None
             hashes.append(plan_hash(dataset.sampler.plan))
         results[name] = {
@@ -595,6 +619,8 @@ def job_policies(out_dir: Path, config: dict[str, Any]) -> Record:
             "scores": dataset.scores.clone(),
             "saved": dataset.saved_fraction,
             "rule_state": dataset.state_dict()["rule"],
+            "iterations": dataset.state_dict()["score_iterations"],
+            "mid_epoch_iterations": mid_epoch,
         }
     return results
 

@@ -19,6 +19,9 @@ POLICY_ARGUMENTS: dict[str, dict[str, Any]] = {
     "ucb": {"prune_ratio": 0.3},
     "seta": {"prune_ratio": 0.1, "num_groups": 5, "window_scale": 0.9},
     "low_loss": {"prune_ratio": 0.8, "threshold_scale": 0.5},
+    "orderdp": {"prune_ratio": 0.4, "subset_fraction": 0.75},
+    "repb": {"prune_ratio": 0.5, "window": 2},
+    "ies": {"threshold": 0.5},
 }
 
 

@@ -37,15 +37,25 @@ def final_weights(output: str) -> str:
     return found.group(1)
 
 
+@pytest.mark.parametrize("extra", [(), ("--keep-steps",)], ids=["default", "keep_steps"])
 def test_a_run_stopped_mid_epoch_and_relaunched_ends_with_the_same_weights(
-    tmp_path: Path,
+    tmp_path: Path, extra: tuple[str, ...]
 ) -> None:
-    straight = torchrun()
+    straight = torchrun(*extra)
     checkpoint = str(tmp_path / "mid.pt")
-    stopped = torchrun("--checkpoint", checkpoint, "--stop-at-step", "24")  # epoch 1, step 8
+    stopped = torchrun(*extra, "--checkpoint", checkpoint, "--stop-at-step", "24")  # epoch 1
     assert "stopped in epoch 1 after step 24" in stopped and "final weights" not in stopped
-    resumed = torchrun("--resume", checkpoint)
+    resumed = torchrun(*extra, "--resume", checkpoint)
     assert "starting at epoch 1" in resumed
     assert final_weights(resumed) == final_weights(straight)
     saved = re.findall(r"InfoBatch skipped (\d+) sample passes", straight)
     assert saved and saved == re.findall(r"InfoBatch skipped (\d+) sample passes", resumed)
+    # epoch, kept/total, this rank's optimizer steps: 2,000 samples, 2 ranks, batch 64
+    rows = re.findall(r"^\s*(\d+)\s+(\d+)/(\d+)\s+(\d+)\s", straight, flags=re.MULTILINE)
+    assert [int(row[0]) for row in rows] == [0, 1, 2]
+    kept, steps = [int(row[1]) for row in rows], [int(row[3]) for row in rows]
+    assert kept[1] < 2000  # epoch 1 is pruned
+    if extra:
+        assert steps == [16, 16, 16]  # full data's steps in every epoch
+    else:
+        assert steps[0] == 16 and steps[1] == -(-kept[1] // 128)  # ceil(kept / (2 x 64))

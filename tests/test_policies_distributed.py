@@ -41,3 +41,14 @@ def test_each_policy_plans_the_same_epochs_on_every_rank(
     assert unscored == 0 or name == "static_random"  # its subset never trains the others
     assert same(first["rule_state"], second["rule_state"])
     assert first["saved"] == second["saved"] and first["saved"] > 0.05
+    iterations = first["iterations"]
+    assert same(iterations, second["iterations"])  # merged by the epoch's collective
+    if getattr(POLICIES[name].factory, "needs_score_iterations", False):
+        assert iterations.dtype == torch.int32 and bool((iterations >= 0).all())
+        own = [r[name]["mid_epoch_iterations"]["own"] for r in ranks]
+        every = [r[name]["mid_epoch_iterations"]["all_ranks"] for r in ranks]
+        assert not same(own[0], own[1])  # mid-epoch each rank knows its own batches only
+        assert same(every[0], every[1])  # all_ranks=True: the maximum, as the merge will give
+        assert same(every[0], torch.maximum(own[0], own[1]))
+    else:
+        assert iterations is None  # no table, no collective for the other rules

@@ -1,5 +1,6 @@
 """infobatch: unbiased dynamic data pruning (InfoBatch, ICLR 2024) for PyTorch."""
 
+from .batching import EpochBatchSampler
 from .budget import SavingBudget
 from .context import EpochAwareRule, EpochContext
 from .dataset import InfoBatch
@@ -8,6 +9,7 @@ from .errors import InfoBatchError
 from .iterations import iterations
 from .lifecycle import EpochLifecycle, Phase
 from .plan import EpochPlan, build_plan
+from .regime import ShortScheduleWarning
 from .rng import epoch_generator
 from .rule import KEPT, PRUNED, UPWEIGHTED, KeepAll, PruningRule, Selection, SoftPruning
 from .sampler import STATE_VERSION, InfoBatchSampler
@@ -22,6 +24,7 @@ __all__ = [
     "AnnealingSchedule",
     "Collectives",
     "EpochAwareRule",
+    "EpochBatchSampler",
     "EpochContext",
     "EpochLifecycle",
     "EpochPlan",
@@ -39,6 +42,7 @@ __all__ = [
     "STATE_VERSION",
     "SavingBudget",
     "ScoreTable",
+    "ShortScheduleWarning",
     "Selection",
     "SoftPruning",
     "TorchCollectives",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .batching import BatchLayout
 from .errors import InfoBatchError
 
 __all__ = ["BatchBoundaries"]
@@ -41,6 +42,7 @@ class BatchBoundaries:
     first: int | None = None  # length of the current pass's first batch
     handed_out_gcd: int = 0  # gcd of the positions handed out at each update, plan not used up
     last_seen: int | None = None  # a full batch length seen in any earlier pass
+    layout: BatchLayout | None = None  # the epoch's batches, when the sampler cuts them
 
     def new_pass(self) -> None:
         """Forget the previous pass's batches (the loader may have been rebuilt)."""
@@ -66,7 +68,11 @@ class BatchBoundaries:
             )
         final = consumed + count == length
         if self.batch_size is not None:
-            expected = min(self.batch_size, length - consumed)
+            expected = (
+                min(self.batch_size, length - consumed)
+                if self.layout is None
+                else self.layout.size_at(consumed)
+            )
             if count != expected:
                 raise ValueError(
                     f"update() received {count} losses, but the batch at position "

@@ -14,7 +14,11 @@ A state is a plain dict of primitives and CPU tensors under string keys, with a 
   its position, or ``None``), ``unmerged_by_rank`` (every rank's, in an ``all_ranks`` state),
   ``digest`` (of the plan being trained, see :mod:`infobatch.merge`), and what shapes a plan
   beyond the settings: ``sampling`` (the user's draws: their number and a hash of the weights)
-  and ``rule_identity`` (the pruning rule's type and settings).
+  and ``rule_identity`` (the pruning rule's type and settings);
+* optional, read as absent when missing (older states): the plan's ``sample_weights``
+  (per-sample loss weights of a rule that gives them) and ``score_iterations`` (int32, the
+  iteration each score was recorded at, ``-1`` never; kept only for a rule that asks for
+  them, see :class:`~infobatch.EpochContext`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .plan import EpochPlan
+from .rule import check_sample_weights
 
 __all__ = [
     "STATE_VERSION",
@@ -53,8 +58,10 @@ _SETTINGS = (
     "delta",
     "score_momentum",
     "drop_last",
+    "keep_steps",
 )
-_ADDED_SINCE_VERSION_1 = {"num_iterations": None, "score_momentum": 0.0}
+#: Settings added after version 1, with the value an older state implies.
+_ADDED_SINCE_VERSION_1 = {"num_iterations": None, "score_momentum": 0.0, "keep_steps": False}
 _ADDED_IN_VERSION_3 = ("sampling", "rule_identity")  # not checked in older states
 _PLAIN = (int, float, str, bool, type(None))
 
@@ -90,6 +97,9 @@ def plan_state(plan: EpochPlan) -> dict[str, Any]:
         "num_well_learned": plan.num_well_learned,
         "pruning": plan.pruning,
         "epoch_size": plan.epoch_size,
+        "sample_weights": (
+            None if plan.sample_weights is None else plan.sample_weights.cpu().clone()
+        ),
     }
 
 
@@ -103,6 +113,12 @@ def plan_from_state(
     epoch_size = state.get("epoch_size")
     if status.shape != (num_samples,) or order.numel() > (epoch_size or num_samples):
         raise ValueError("InfoBatch state 'plan' does not match the dataset size")
+    weights = state.get("sample_weights")
+    if weights is not None:
+        if not isinstance(weights, Tensor):
+            raise TypeError("InfoBatch state 'plan' has 'sample_weights' that are not a tensor")
+        weights = weights.to(device)
+        check_sample_weights(weights, status.to(device))
     return EpochPlan(
         epoch=epoch,
         order=order.to(device),
@@ -113,6 +129,7 @@ def plan_from_state(
         num_well_learned=int(state["num_well_learned"]),
         pruning=bool(state["pruning"]),
         epoch_size=None if epoch_size is None else int(epoch_size),
+        sample_weights=weights,
     )
 
 

@@ -4,7 +4,9 @@ Plain rules (:class:`~infobatch.PruningRule`) see only the scores. A rule that a
 epoch, the schedule or what earlier epochs saved (a saving budget, a curriculum window, a
 bandit) implements :class:`EpochAwareRule`; the sampler gives it an :class:`EpochContext`.
 A rule with ``state_dict()``/``load_state_dict()`` has that state saved in the sampler's
-checkpoints.
+checkpoints. A rule whose class sets ``needs_score_iterations = True`` also gets, in
+:attr:`EpochContext.score_iterations`, the iteration at which each score was recorded (the
+sampler then keeps them, 4 bytes per sample, merged across ranks and checkpointed).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ class EpochContext:
             ``None`` for the dataset size (every sample once).
         sample_weights: the user's ``WeightedSampling`` weights (float64, CPU, one per
             sample), or ``None`` when every sample is trained once per full epoch.
+        score_iterations: int32 ``[N]`` on the scores' device: the iteration (0-based
+            ``update()`` count of the run, the same on every rank) at which each score was
+            recorded, ``-1`` for never (or unknown, in a checkpoint older than this field).
+            Given only to a rule whose ``needs_score_iterations`` is true, else ``None``.
+            Read-only: do not modify it.
     """
 
     epoch: int
@@ -49,6 +56,7 @@ class EpochContext:
     history: tuple[EpochStats, ...]
     epoch_size: int | None = None
     sample_weights: Tensor | None = field(default=None, compare=False)
+    score_iterations: Tensor | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         size = self.epoch_size
@@ -61,6 +69,15 @@ class EpochContext:
             shown = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
             raise ValueError(
                 f"sample_weights must be a tensor of one weight per sample, shape "
+                f"({self.num_samples},), got {shown}"
+            )
+        stamps = self.score_iterations
+        if stamps is not None and (
+            not isinstance(stamps, Tensor) or stamps.shape != (self.num_samples,)
+        ):
+            shown = tuple(stamps.shape) if isinstance(stamps, Tensor) else type(stamps).__name__
+            raise ValueError(
+                f"score_iterations must be a tensor of one iteration per sample, shape "
                 f"({self.num_samples},), got {shown}"
             )
 

@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
+from .batching import EpochBatchSampler
 from .context import EpochAwareRule
 from .distributed import Collectives
 from .rule import PruningRule
@@ -30,6 +31,12 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         loss = dataset.update(criterion(model(x), y))  # criterion(reduction='none')
         loss.backward()
 
+    For a schedule limited by its number of optimizer steps (a few epochs), keep full data's
+    steps in pruned epochs with smaller batches::
+
+        dataset = InfoBatch(train_set, num_epochs=8, batch_size=128, keep_steps=True)
+        loader = DataLoader(dataset, batch_sampler=dataset.batch_sampler, num_workers=4)
+
     Attributes of the wrapped dataset stay reachable (``dataset.classes``). Arguments are
     those of :class:`InfoBatchSampler`, with ``num_samples = len(dataset)``.
     """
@@ -47,6 +54,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         seed: int | None = None,
         drop_last: bool = False,
         batch_size: int | None = None,
+        keep_steps: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
         rule: PruningRule | EpochAwareRule | None = None,
@@ -79,6 +87,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
             seed=seed,
             drop_last=drop_last,
             batch_size=batch_size,
+            keep_steps=keep_steps,
             num_replicas=num_replicas,
             rank=rank,
             rule=rule,
@@ -102,6 +111,12 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
     def sampler(self) -> InfoBatchSampler:
         """The sampler to give the ``DataLoader`` (always the same object)."""
         return self._sampler
+
+    @property
+    def batch_sampler(self) -> EpochBatchSampler:
+        """Batches at each epoch's batch size, for ``DataLoader(dataset,
+        batch_sampler=dataset.batch_sampler)`` (needed with ``keep_steps=True``)."""
+        return self._sampler.batch_sampler
 
     def update(
         self,

@@ -19,6 +19,7 @@ import os
 import random
 import struct
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .context import EpochAwareRule
 from .dataset import InfoBatch
+from .regime import ShortScheduleWarning
 from .rule import PruningRule
 
 __all__ = [
@@ -443,6 +445,7 @@ def train(
     delta: float = 0.875,
     rule: PruningRule | EpochAwareRule | None = None,
     score_momentum: float = 0.0,
+    keep_steps: bool = False,
     eval_each_epoch: bool = False,
     snapshot_epochs: Sequence[int] = (),
     on_epoch: Callable[[EpochLog], None] | None = None,
@@ -465,6 +468,9 @@ def train(
             policies of :mod:`infobatch.policies`).
         score_momentum (float, optional): InfoBatch's ``score_momentum`` (default ``0``, the
             latest loss).
+        keep_steps (bool, optional): InfoBatch's ``keep_steps``: pruned epochs make full
+            data's optimizer steps in smaller batches (the loader takes the dataset's
+            ``batch_sampler``). Default: ``False``.
         eval_each_epoch (bool, optional): measure test accuracy after every epoch (outside the
             timed loop). Default: ``False``.
         snapshot_epochs (sequence of int, optional): epochs at whose start the score
@@ -477,21 +483,27 @@ def train(
     num_train = len(train_set)
     pruned_set: InfoBatch[tuple[Tensor, ...]] | None = None
     if infobatch:
-        pruned_set = InfoBatch(
-            train_set,
-            config.epochs,
-            prune_ratio,
-            delta,
-            seed=seed,
-            rule=rule,
-            score_momentum=score_momentum,
-        )
+        with warnings.catch_warnings():  # the benchmark measures this regime itself
+            warnings.simplefilter("ignore", ShortScheduleWarning)
+            pruned_set = InfoBatch(
+                train_set,
+                config.epochs,
+                prune_ratio,
+                delta,
+                seed=seed,
+                rule=rule,
+                score_momentum=score_momentum,
+                batch_size=config.batch_size,
+                keep_steps=keep_steps,
+            )
         # the generator only seeds the loader's base seed, so the global RNG is not drawn from
+        batching: dict[str, Any] = (
+            {"batch_sampler": pruned_set.batch_sampler}
+            if keep_steps
+            else {"batch_size": config.batch_size, "sampler": pruned_set.sampler}
+        )
         loader: DataLoader[tuple[Tensor, ...]] = DataLoader(
-            pruned_set,
-            batch_size=config.batch_size,
-            sampler=pruned_set.sampler,
-            generator=torch.Generator().manual_seed(seed),
+            pruned_set, **batching, generator=torch.Generator().manual_seed(seed)
         )
     else:
         order = torch.Generator().manual_seed(seed)

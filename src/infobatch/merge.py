@@ -8,7 +8,7 @@ every rank plans from.
 
 The same collective carries a digest of the plan each rank trained (epoch, kept count,
 threshold bits, the sum of the bits of the scores it was planned from, a position-sensitive
-hash of its order), as values and
+hash of its order, the sum of the bits of its per-sample weights if it has any), as values and
 negated values, so that after the reduction every rank holds the maximum and the minimum of
 each part: when they differ, the ranks planned differently (their shares overlapped, some
 samples were trained twice and others never) and every rank raises the same
@@ -33,10 +33,18 @@ from .hashing import hash_int64, sum_bits
 from .plan import EpochPlan
 from .scores import ScoreTable
 
-__all__ = ["ScoreMerge", "plan_digest", "DIGEST_FIELDS", "gather_parts", "fold_parts", "own_part"]
+__all__ = [
+    "ScoreMerge",
+    "plan_digest",
+    "digest_of_state",
+    "DIGEST_FIELDS",
+    "gather_parts",
+    "fold_parts",
+    "own_part",
+]
 
 #: What the digest of a plan holds, in order.
-DIGEST_FIELDS = ("epoch", "kept count", "threshold", "score table", "order")
+DIGEST_FIELDS = ("epoch", "kept count", "threshold", "score table", "order", "sample weights")
 _CHUNK_BITS = (24, 24, 16)  # an int64 in float32-exact chunks (integers below 2**24)
 _SLOTS = len(DIGEST_FIELDS) * len(_CHUNK_BITS)
 
@@ -47,11 +55,27 @@ def plan_digest(plan: EpochPlan, scores: Tensor) -> Tensor:
     Equal on every rank that planned the same epoch from the same table. No host sync.
     """
     header = torch.tensor(
-        [plan.epoch, plan.num_kept, float_bits(plan.threshold), 0, 0], dtype=torch.int64
+        [plan.epoch, plan.num_kept, float_bits(plan.threshold), 0, 0, 0], dtype=torch.int64
     ).to(scores.device)
     header[3] = sum_bits(scores)
     header[4] = hash_int64(plan.order.to(scores.device))
+    if plan.sample_weights is not None:
+        header[5] = sum_bits(plan.sample_weights.to(scores.device))
     return header
+
+
+def digest_of_state(values: Sequence[int], device: torch.device) -> Tensor:
+    """A digest saved in a checkpoint, as :func:`plan_digest` gives it (int64 on ``device``).
+
+    States written before the "sample weights" field have one value less: that field was 0
+    (no per-sample weights), so it is filled with 0.
+    """
+    padded = list(values) + [0] * (len(DIGEST_FIELDS) - len(values))
+    if len(padded) != len(DIGEST_FIELDS):
+        raise ValueError(
+            f"InfoBatch state 'digest' has {len(values)} values, expected {len(DIGEST_FIELDS)}"
+        )
+    return torch.tensor(padded, dtype=torch.int64, device=device)
 
 
 def _as_slots(digest: Tensor) -> Tensor:
@@ -65,6 +89,10 @@ def _as_slots(digest: Tensor) -> Tensor:
 
 class ScoreMerge:
     """The once-per-epoch merge of the ranks' scores, with the check that they planned alike.
+
+    A table that tracks the iteration of each score (``ScoreTable(track_iterations=True)``)
+    has those merged too, by a second ``all_reduce(MAX)`` of the int32 table started and
+    waited for with the first (iterations only grow, so the maximum is the latest record).
 
     Args:
         scores (ScoreTable): this rank's table, built with ``track_updates=True`` and
@@ -82,6 +110,7 @@ class ScoreMerge:
         self.collectives = collectives
         self.digest: Tensor | None = None  # of the plan being trained (int64 on the device)
         self._pending: tuple[PendingReduce, int] | None = None
+        self._pending_iterations: PendingReduce | None = None  # the table's, if it has them
 
     @property
     def pending(self) -> bool:
@@ -109,6 +138,8 @@ class ScoreMerge:
         buffer[n : n + _SLOTS] = slots
         buffer[n + _SLOTS :] = -slots
         self._pending = (self.collectives.start_all_reduce_max(buffer), epoch)
+        if self.scores.iterations is not None:  # a second collective, only for rules asking
+            self._pending_iterations = self.collectives.start_all_reduce_max(self.scores.iterations)
 
     def finish(self, rank: int = 0) -> None:
         """Wait for the started merge, check the digests, fold the result into the table.
@@ -121,8 +152,11 @@ class ScoreMerge:
             return
         pending, epoch = self._pending
         self._pending = None
+        pending_iterations, self._pending_iterations = self._pending_iterations, None
         try:
             pending.wait()
+            if pending_iterations is not None:
+                pending_iterations.wait()
         except RuntimeError as error:
             timeout = getattr(self.collectives, "timeout", None)
             raise InfoBatchError(

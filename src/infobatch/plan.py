@@ -46,6 +46,9 @@ class EpochPlan:
         epoch_size: sample passes of the full epoch: the dataset size, or the draws of a
             user's sampling (:class:`~infobatch.WeightedSampling`), whose ``order`` may then
             repeat a sample. ``None`` means the dataset size.
+        sample_weights: float32 ``[N]`` per-sample loss weights of the rule
+            (:attr:`Selection.sample_weights`), used for every kept sample instead of
+            ``weight``/1; ``None`` when the rule gave none. ``weight`` is then a summary.
     """
 
     epoch: int
@@ -57,6 +60,7 @@ class EpochPlan:
     num_well_learned: int
     pruning: bool
     epoch_size: int | None = None
+    sample_weights: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -74,7 +78,11 @@ class EpochPlan:
         return self.num_samples - self.num_kept
 
     def weights_of(self, indices: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Loss weights of ``indices`` (a tensor on the plan's device), exact in ``dtype``."""
+        """Loss weights of ``indices`` (a tensor on the plan's device), exact in ``dtype``: the
+        entries of ``sample_weights`` when the plan has them, else ``weight`` for
+        ``UPWEIGHTED`` samples and 1 for the others."""
+        if self.sample_weights is not None:
+            return self.sample_weights.index_select(0, indices).to(dtype)
         upweighted = self.status.index_select(0, indices) == UPWEIGHTED
         weights = torch.full(upweighted.shape, self.weight, dtype=dtype, device=indices.device)
         return weights.masked_fill_(~upweighted, 1.0)
@@ -108,6 +116,7 @@ class EpochPlan:
             self.num_well_learned,
             self.pruning,
             self.epoch_size,
+            None if self.sample_weights is None else self.sample_weights.to(device),
         )
 
 
@@ -159,6 +168,7 @@ def build_plan(
         num_scored=selection.num_scored,
         num_well_learned=selection.num_well_learned,
         pruning=pruning,
+        sample_weights=selection.sample_weights,
     )
 
 

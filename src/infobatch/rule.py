@@ -34,13 +34,16 @@ __all__ = [
     "KEPT",
     "UPWEIGHTED",
     "count_scored",
+    "check_sample_weights",
+    "mean_upweighted",
 ]
 
 #: Status of a sample not trained on this epoch.
 PRUNED = 0
 #: Status of a sample trained on with weight 1.
 KEPT = 1
-#: Status of a sample trained on with its loss multiplied by :attr:`Selection.weight`.
+#: Status of a sample trained on with its loss multiplied by :attr:`Selection.weight` (or by
+#: its own entry of :attr:`Selection.sample_weights`, when the rule gives them).
 UPWEIGHTED = 2
 
 
@@ -58,6 +61,13 @@ class Selection:
         threshold: the score threshold used (``nan`` when there is none).
         num_scored: samples with a score (not ``nan``) when the rule ran.
         num_well_learned: scored samples the rule considered for pruning (below the threshold).
+        sample_weights: optional per-sample loss weights, float32 ``[N]`` on the status'
+            device, finite and positive at every kept sample (pruned entries are ignored).
+            When given, every kept sample's loss is multiplied by its own entry, whatever its
+            status (``KEPT`` and ``UPWEIGHTED`` then only tell the statistics apart), and
+            ``weight`` is a summary for the statistics (:func:`mean_upweighted` gives the
+            mean over the up-weighted samples). ``None`` (the default): ``weight`` for
+            ``UPWEIGHTED``, 1 for ``KEPT``. The plan takes it over without a copy.
     """
 
     status: Tensor
@@ -65,6 +75,7 @@ class Selection:
     threshold: float
     num_scored: int
     num_well_learned: int
+    sample_weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.status, Tensor) or self.status.dtype != torch.int8:
@@ -80,6 +91,8 @@ class Selection:
             )
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"Selection.weight must be finite and positive, got {self.weight}")
+        if self.sample_weights is not None:
+            check_sample_weights(self.sample_weights, self.status)
 
     @property
     def keep(self) -> Tensor:
@@ -88,8 +101,47 @@ class Selection:
 
     @property
     def upweighted(self) -> Tensor:
-        """bool ``[N]``: samples whose loss is multiplied by ``weight`` (computed on access)."""
+        """bool ``[N]``: samples marked ``UPWEIGHTED`` (computed on access); their loss is
+        multiplied by ``weight``, or by their own entry of ``sample_weights`` when given."""
         return self.status == UPWEIGHTED
+
+
+def check_sample_weights(weights: Tensor, status: Tensor) -> None:
+    """Raise a clear error unless ``weights`` are valid per-sample weights for ``status``.
+
+    They must be a float32 tensor of ``status``'s shape on its device, finite and positive
+    wherever ``status`` is not ``PRUNED`` (one pass, one host sync).
+    """
+    if not isinstance(weights, Tensor) or weights.dtype != torch.float32:
+        kind = getattr(weights, "dtype", type(weights).__name__)
+        raise TypeError(
+            f"Selection.sample_weights must be a float32 tensor of one weight per sample, got "
+            f"{kind}"
+        )
+    if weights.shape != status.shape or weights.device != status.device:
+        raise ValueError(
+            f"Selection.sample_weights has shape {tuple(weights.shape)} on {weights.device}; it "
+            f"must have one weight per sample, shape {tuple(status.shape)}, on {status.device} "
+            "(the status' device)"
+        )
+    bad = (status != PRUNED) & ~(torch.isfinite(weights) & (weights > 0))
+    count = int(torch.count_nonzero(bad))
+    if count:
+        first = int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"Selection.sample_weights must be finite and positive at every kept sample; "
+            f"{count} are not (the first, sample {first}, has {float(weights[first])})"
+        )
+
+
+def mean_upweighted(status: Tensor, weights: Tensor) -> float:
+    """Mean of ``weights`` over the ``UPWEIGHTED`` samples (1.0 when there is none): the
+    summary ``Selection.weight`` of a selection with per-sample weights."""
+    upweighted = status == UPWEIGHTED
+    count = int(torch.count_nonzero(upweighted))
+    if count == 0:
+        return 1.0
+    return float(weights.double().masked_fill(~upweighted, 0.0).sum() / count)
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from .attribution import BatchBoundaries
+from .batching import BatchLayout, EpochBatchSampler, full_data_share
 from .checkpoint import (
     STATE_VERSION,
     check_state,
@@ -32,8 +33,9 @@ from .distributed import (
 )
 from .errors import InfoBatchError
 from .lifecycle import EpochLifecycle, Phase
-from .merge import ScoreMerge, gather_parts, own_part, plan_digest
+from .merge import ScoreMerge, digest_of_state, gather_parts, own_part, plan_digest
 from .plan import EpochPlan, build_plan
+from .regime import warn_if_short_schedule
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
 from .sampling import WeightedSampling
@@ -43,6 +45,7 @@ from .stats import EpochStats, saved_fraction, with_epoch
 from .validation import (
     check_flag,
     check_indices,
+    check_keep_steps,
     check_positive_int,
     check_sampling,
     check_seed,
@@ -82,6 +85,12 @@ class InfoBatchSampler(Sampler[int]):
         batch_size (int, optional): the loader's batch size (per rank). When given, every
             :meth:`update` is checked to hold exactly one batch. Default: ``None`` (checked as
             far as the sampler can tell, see :mod:`infobatch.attribution`).
+        keep_steps (bool, optional): make every pruned epoch as many optimizer steps as a
+            full one, in smaller batches (:mod:`infobatch.batching`): the saving stays in
+            samples, not in steps. For schedules limited by their number of steps (a few
+            epochs, a model still improving at the end), where fewer steps cost accuracy.
+            Needs ``batch_size=`` and ``DataLoader(dataset, batch_sampler=sampler.
+            batch_sampler)``. Default: ``False``.
         num_replicas (int, optional): number of distributed processes. By default taken from
             the initialised process group, else 1.
         rank (int, optional): this process's rank. By default taken from the process group.
@@ -132,6 +141,7 @@ class InfoBatchSampler(Sampler[int]):
         seed: int | None = None,
         drop_last: bool = False,
         batch_size: int | None = None,
+        keep_steps: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
         rule: PruningRule | EpochAwareRule | None = None,
@@ -150,6 +160,7 @@ class InfoBatchSampler(Sampler[int]):
         self.seed = check_seed(seed) if seed is not None else torch.initial_seed()
         self.drop_last = check_flag("drop_last", drop_last)
         self.batch_size = batch_size
+        self.keep_steps = check_flag("keep_steps", keep_steps)
         self.num_samples = num_samples
         if (num_epochs is None) == (num_iterations is None):
             raise ValueError(
@@ -163,6 +174,7 @@ class InfoBatchSampler(Sampler[int]):
             else IterationSchedule(num_iterations, delta)  # type: ignore[arg-type]
         )
         self._iterations_done = 0  # update() calls (batches) over the whole run
+        check_keep_steps(self.keep_steps, batch_size, self.drop_last, num_iterations)
         self.sampling = check_sampling(sampling, num_samples)
         default_rule = SoftPruning(prune_ratio)
         self.prune_ratio = float(prune_ratio)
@@ -173,6 +185,14 @@ class InfoBatchSampler(Sampler[int]):
         if callable(check_schedule) and isinstance(self.schedule, AnnealingSchedule):
             check_schedule(self.schedule.num_epochs, self.schedule.pruned_epochs)
         self.num_replicas, self.rank, merge = resolve_replicas(num_replicas, rank)
+        if isinstance(self.schedule, AnnealingSchedule) and self.rank == 0:
+            warn_if_short_schedule(
+                self.schedule.num_epochs,
+                self.schedule.pruned_epochs,
+                self.schedule.delta,
+                keep_steps=self.keep_steps,
+                prunes=self._rule_prunes,
+            )
         if collectives is None and merge:
             collectives = TorchCollectives()
         self._collectives = collectives
@@ -181,6 +201,7 @@ class InfoBatchSampler(Sampler[int]):
             track_updates=collectives is not None,
             momentum=score_momentum,
             spare=ScoreMerge.SPARE if collectives is not None else 0,
+            track_iterations=bool(getattr(self.rule, "needs_score_iterations", False)),
         )
         self._merge = ScoreMerge(self._scores, collectives) if collectives is not None else None
         if collectives is not None:
@@ -198,6 +219,7 @@ class InfoBatchSampler(Sampler[int]):
                     "drop_last": int(self.drop_last),
                     "num_replicas": self.num_replicas,
                     "batch_size": self.batch_size if self.batch_size is not None else -1,
+                    "keep_steps": int(self.keep_steps),
                     "sampling_draws": sampling.num_draws if sampling is not None else -1,
                     "sampling_weights": sampling.digest() if sampling is not None else -1,
                 },
@@ -208,6 +230,7 @@ class InfoBatchSampler(Sampler[int]):
         self._life = EpochLifecycle()
         self._batches = BatchBoundaries(batch_size=batch_size, drop_last=self.drop_last)
         self._plan: EpochPlan | None = None
+        self._batch_sampler: EpochBatchSampler | None = None
         self._plan_fresh = True  # no score changed since the plan was made
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
         self._history: dict[int, EpochStats] = {}
@@ -241,6 +264,28 @@ class InfoBatchSampler(Sampler[int]):
     def epoch_length(self) -> int:
         """Indices planned for this rank in the current epoch (0 before the first plan)."""
         return self._life.length
+
+    @property
+    def batch_layout(self) -> BatchLayout:
+        """How the current epoch is cut into batches on this rank: batches of ``batch_size``,
+        or with ``keep_steps=True`` full data's number of batches
+        (:meth:`~infobatch.batching.BatchLayout.keeping_steps`)."""
+        if self.batch_size is None:
+            raise ValueError("the sampler has no batch size: pass batch_size= to InfoBatch")
+        length = self._life.length
+        if not self.keep_steps:
+            return BatchLayout(length, self.batch_size)
+        epoch_passes = self.sampling.num_draws if self.sampling is not None else self.num_samples
+        share = full_data_share(epoch_passes, self.num_replicas)
+        return BatchLayout.keeping_steps(length, share, self.batch_size)
+
+    @property
+    def batch_sampler(self) -> EpochBatchSampler:
+        """Batches at each epoch's batch size, for ``DataLoader(batch_sampler=...)`` (always
+        the same object; needs ``batch_size=``, and is how ``keep_steps=True`` is used)."""
+        if self._batch_sampler is None:
+            self._batch_sampler = EpochBatchSampler(self)
+        return self._batch_sampler
 
     @property
     def num_epochs(self) -> int | None:
@@ -429,6 +474,7 @@ class InfoBatchSampler(Sampler[int]):
             history=tuple(s for s in self.history if s.epoch < epoch),
             epoch_size=self.sampling.num_draws if self.sampling is not None else None,
             sample_weights=self.sampling.weights if self.sampling is not None else None,
+            score_iterations=self._scores.iterations,
         )
 
     def _install(self, plan: EpochPlan, position: int) -> None:
@@ -437,6 +483,8 @@ class InfoBatchSampler(Sampler[int]):
         self._share = plan.share(self.rank, self.num_replicas)
         self._share_cpu = self._share.cpu()
         self._life.planned(plan.epoch, self._share.numel(), position)
+        if self.keep_steps:
+            self._batches.layout = self.batch_layout
 
     def _end_epoch(self) -> None:
         """Leave the current epoch: report missing updates, start merging its scores."""
@@ -542,7 +590,12 @@ class InfoBatchSampler(Sampler[int]):
         weights = plan.weights_of(batch_indices, accumulate)
         if valid is not None:
             weights.masked_fill_(~valid.to(weights.device), 0.0)
-        self._scores.record(batch_indices, score if score is not None else loss, valid)
+        self._scores.record(
+            batch_indices,
+            score if score is not None else loss,
+            valid,
+            iteration=self._iterations_done - 1,  # this batch's 0-based iteration
+        )
         self._plan_fresh = False
         terms = loss.to(accumulate)
         if valid is not None:  # a masked-out loss (e.g. 0/0 = nan) must not reach the result
@@ -606,6 +659,7 @@ class InfoBatchSampler(Sampler[int]):
             "position": position,
             "plan": saved_plan,
             "scores": self._scores.values.cpu().clone(),
+            "score_iterations": self._score_iterations_state(all_ranks),
             "unmerged": part,
             "digest": None if digest is None else [int(v) for v in digest.tolist()],
             "history": [s.as_dict() for s in self.history if s.epoch < epoch or saved_plan],
@@ -615,6 +669,20 @@ class InfoBatchSampler(Sampler[int]):
         if all_ranks and merge is not None:
             state["unmerged_by_rank"] = gather_parts(merge.collectives, part, self.num_replicas)
         return state
+
+    def _score_iterations_state(self, all_ranks: bool) -> Tensor | None:
+        """The iteration of each score for a checkpoint (``None`` unless the rule needs them).
+
+        Mid-epoch each rank holds the iterations of its own unmerged scores; an ``all_ranks``
+        state holds the maximum over the ranks, what the next merge gives every rank anyway.
+        """
+        iterations = self._scores.iterations
+        if iterations is None:
+            return None
+        iterations = iterations.clone()
+        if all_ranks and self._merge is not None:  # on every rank, as gather_parts
+            self._merge.collectives.start_all_reduce_max(iterations).wait()
+        return iterations.cpu()
 
     def _plan_settings(self) -> dict[str, Any]:
         """The settings that shape a plan, as a checkpoint records and checks them."""
@@ -626,6 +694,7 @@ class InfoBatchSampler(Sampler[int]):
             "delta": self.delta,
             "score_momentum": self.score_momentum,
             "drop_last": self.drop_last,
+            "keep_steps": self.keep_steps,
             "sampling": sampling_identity(self.sampling),
             "rule_identity": rule_identity(self.rule),
         }
@@ -665,13 +734,12 @@ class InfoBatchSampler(Sampler[int]):
         self._settle()
         self.seed = saved_seed
         self._scores.load(scores)
+        self._scores.load_iterations(state.get("score_iterations"))
         if self._merge is not None:
             self._merge.load_part(part)
             digest = state.get("digest")
             self._merge.planned(
-                None
-                if digest is None
-                else torch.tensor(digest, dtype=torch.int64, device=self._scores.device)
+                None if digest is None else digest_of_state(digest, self._scores.device)
             )
         self._history = {int(d["epoch"]): EpochStats(**d) for d in state["history"]}
         self._nonfinite_total = int(state.get("nonfinite_count", 0))

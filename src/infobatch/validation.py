@@ -39,6 +39,31 @@ def check_flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_keep_steps(
+    keep_steps: bool, batch_size: int | None, drop_last: bool, num_iterations: int | None
+) -> None:
+    """Raise with the fix unless ``keep_steps=True`` comes with what it needs."""
+    if not keep_steps:
+        return
+    if batch_size is None:
+        raise ValueError(
+            "keep_steps=True needs batch_size=, the loader's batch size per rank for full data "
+            "(pruned epochs are cut into as many batches as full data makes at that size); "
+            "then build the loader with DataLoader(dataset, batch_sampler=dataset.batch_sampler)"
+        )
+    if drop_last:
+        raise ValueError(
+            "keep_steps=True cuts every planned sample into a batch, so it does not drop a last "
+            "partial batch: use drop_last=False (and leave it unset in the DataLoader)"
+        )
+    if num_iterations is not None:
+        raise ValueError(
+            "keep_steps=True is for epoch-based training: with num_iterations the run already "
+            "makes its number of optimizer steps whatever the pruning (pruned passes are shorter, "
+            "so there are more of them); drop keep_steps"
+        )
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """``value`` as an int of at least 1."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -26,6 +26,9 @@ name                what                                              sampler de
 ``ucb``             :class:`UCB`                                       yours
 ``seta``            :class:`SeTa` (anneals partially itself)           1.0
 ``low_loss``        :class:`LowLossPruning` (an unbiased variant)      yours
+``orderdp``         :class:`OrderDP` (random subset, its top-q)        yours
+``repb``            :class:`RePB` (windows, per-sample weights)        yours
+``ies``             :class:`IES` (instance-dependent early stopping)   yours
 ==================  ================================================  ===============
 
 "No annealing" is not a rule but a setting: InfoBatch's rule with ``delta=1.0``.
@@ -43,9 +46,12 @@ from ..context import EpochAwareRule
 from ..rule import PruningRule, SoftPruning
 from .dynamic_random import DynamicRandom
 from .epsilon_greedy import EpsilonGreedy
+from .ies import IES
 from .kmeans import kmeans_1d
 from .low_loss import LowLossPruning
 from .no_rescale import NoRescale
+from .orderdp import OrderDP
+from .repb import RePB
 from .seta import SeTa
 from .static_random import StaticRandom
 from .ucb import UCB
@@ -62,6 +68,9 @@ __all__ = [
     "NoRescale",
     "SeTa",
     "LowLossPruning",
+    "OrderDP",
+    "RePB",
+    "IES",
     "kmeans_1d",
 ]
 
@@ -147,6 +156,26 @@ _ENTRIES = (
         LowLossPruning,
         "InfoBatch with the threshold at a fraction of the mean and a higher ratio (variant)",
         unbiased=True,
+    ),
+    PolicyInfo(
+        "orderdp",
+        OrderDP,
+        "the top-q losses of a uniformly random subset, an exact budget (Jin et al. 2026); "
+        "unbiased only for its ordered surrogate loss",
+        unbiased=False,
+    ),
+    PolicyInfo(
+        "repb",
+        RePB,
+        "InfoBatch's criterion within windows of batches, per-sample weights from the "
+        "selection history, exact cumulatively (Zhou et al. 2026)",
+        unbiased=False,
+    ),
+    PolicyInfo(
+        "ies",
+        IES,
+        "exclude samples whose loss's second difference is below a threshold (Yuan et al. 2025)",
+        unbiased=False,
     ),
 )
 
