@@ -25,7 +25,9 @@ or epochs trains only what is missing::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import json
 import math
 import os
@@ -38,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from infobatch import AnnealingSchedule, InfoBatch
 from infobatch.experiment import Splits, build_model, evaluate, load_mnist
@@ -150,9 +154,33 @@ VARIANTS: dict[str, Variant] = {
             matched=True,
             keep_steps=True,
         ),
-        Variant("order_dp", "OrderDP at InfoBatch's budget", policy="order_dp", matched=True),
-        Variant("repb", "RePB", policy="repb"),
-        Variant("ies", "IES", policy="ies"),
+        Variant(
+            "orderdp",
+            "OrderDP (subset 75%) at InfoBatch's budget",
+            policy="orderdp",
+            params=(("subset_fraction", 0.75),),
+            matched=True,
+        ),
+        Variant(
+            "orderdp_paper",
+            "OrderDP at its paper's CIFAR setting (r=0.3625, subset 75%, every epoch)",
+            policy="orderdp",
+            params=(("prune_ratio", 0.3625), ("subset_fraction", 0.75)),
+            delta=1.0,
+        ),
+        Variant(
+            "orderdp_keep_steps",
+            "OrderDP at InfoBatch's budget, full data's steps",
+            policy="orderdp",
+            params=(("subset_fraction", 0.75),),
+            matched=True,
+            keep_steps=True,
+        ),
+        Variant("repb", "RePB (reconstructed), r=0.5, windows of 10 batches", policy="repb"),
+        Variant("ies", "IES, threshold 1e-3", policy="ies"),
+        Variant(
+            "ies_window_3", "IES, threshold 1e-3, 3 epochs", policy="ies", params=(("window", 3),)
+        ),
     )
 }
 MAP_VARIANTS = ("full", "infobatch", "control")
@@ -172,6 +200,13 @@ class StepLimitedConfig:
     prune_ratio: float = 0.5
     delta: float = 0.875
     eval_batch_size: int = 2_000
+    world_size: int = 1  # processes (torchrun); batch_size is the global batch of a step
+    accumulation: int = 1  # micro-batches per optimizer step on each process
+
+    @property
+    def micro_batch(self) -> int:
+        """Samples per micro-batch on one process."""
+        return self.batch_size // (self.world_size * self.accumulation)
 
 
 def cosine_lr(max_lr: float, progress: float) -> float:
@@ -230,20 +265,31 @@ def train_run(
     """Train one run of ``variant`` for ``epochs`` epochs and return what it measured.
 
     ``reference`` is the seed's ``infobatch`` run (for the control's budget of sample passes,
-    then the cosine follows ``passes / budget``, and for matched budgets).
+    then the cosine follows ``passes / budget``, and for matched budgets). Under torchrun
+    (``config.world_size`` processes) the model is wrapped in DDP, each process trains its
+    share in micro-batches of ``config.micro_batch`` and steps every ``config.accumulation``
+    of them (and at each epoch's end); the counts returned are global.
     """
+    world, accumulation = config.world_size, config.accumulation
+    if world != (dist.get_world_size() if dist.is_initialized() else 1):
+        raise SystemExit(f"world_size={world} needs torchrun --nproc_per_node={world}")
     budget = None
     if variant.control:
         if reference is None:
             raise SystemExit(f"control E={epochs} seed {seed} needs its infobatch run")
+        if world > 1:
+            raise SystemExit("the control runs in one process only")
         budget = int(reference["sample_passes"])
-    model = build_model("mnist", seed)
+    model: nn.Module = build_model("mnist", seed)
     model.train()
+    if world > 1:
+        model = DistributedDataParallel(model)
     train_set = TensorDataset(splits.x_train, splits.y_train)
     num_train = len(train_set)
     full_steps = math.ceil(num_train / config.batch_size)
     pruned: InfoBatch[tuple[Tensor, ...]] | None = None
     generator = torch.Generator().manual_seed(seed)
+    full_sampler: DistributedSampler[Any] | None = None
     if variant.pruned:
         pruned = InfoBatch(
             train_set,
@@ -251,10 +297,12 @@ def train_run(
             variant.prune_ratio,
             _delta(variant),
             seed=seed,
-            batch_size=config.batch_size,
+            batch_size=config.micro_batch,
             keep_steps=variant.keep_steps,
             rule=make_rule(variant, epochs, reference),
         )
+    elif world > 1:
+        full_sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
     criterion = nn.CrossEntropyLoss(reduction="none")
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -276,48 +324,60 @@ def train_run(
             loader: DataLoader[tuple[Tensor, ...]] = DataLoader(
                 pruned, batch_sampler=pruned.batch_sampler, generator=generator
             )
+        elif full_sampler is not None:
+            full_sampler.set_epoch(epoch)
+            loader = DataLoader(train_set, batch_size=config.micro_batch, sampler=full_sampler)
         else:
             loader = DataLoader(
                 train_set,
-                batch_size=variant.batch_size or config.batch_size,
+                batch_size=variant.batch_size or config.micro_batch,
                 shuffle=True,
                 generator=generator,
             )
-        epoch_steps = len(loader)
+        epoch_batches = len(loader)
         epoch_passes = 0
         lr = config.max_lr
-        for step, (x, y) in enumerate(loader):
+        for batch, (x, y) in enumerate(loader):
             if budget is not None:
                 if passes >= budget:
                     break
                 x, y = x[: budget - passes], y[: budget - passes]
                 progress = passes / budget
             else:
-                progress = (epoch + step / epoch_steps) / epochs
+                progress = (epoch + batch / epoch_batches) / epochs
                 if variant.sized_once:  # epoch 0 is never pruned, so it is full
                     progress = steps / (epochs * full_steps)
-            lr = cosine_lr(config.max_lr, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            per_sample = criterion(model(x), y)
-            loss = pruned.update(per_sample) if pruned is not None else per_sample.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            steps += 1
-            lr_sum += lr
-            passes += len(y)
-            epoch_passes += len(y)
-        kept.append(epoch_passes)
+            first_of_group = batch % accumulation == 0
+            last_of_group = (batch + 1) % accumulation == 0 or batch + 1 == epoch_batches
+            if first_of_group:
+                lr = cosine_lr(config.max_lr, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            syncing = last_of_group or not isinstance(model, DistributedDataParallel)
+            with contextlib.nullcontext() if syncing else model.no_sync():
+                per_sample = criterion(model(x), y)
+                loss = pruned.update(per_sample) if pruned is not None else per_sample.mean()
+                (loss / accumulation).backward()  # type: ignore[no-untyped-call]
+            if last_of_group:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+                lr_sum += lr
+            passes += len(y) * world
+            epoch_passes += len(y) * world
+        kept.append(pruned.history[epoch].num_kept if pruned is not None else epoch_passes)
         lr_at_epoch_end.append(lr)
         weight_norms.append(_weight_norm(model))
         if pruned is not None:
             weights.append(pruned.history[epoch].weight)
+    if pruned is not None:
+        passes = sum(kept)  # the plan's kept samples, without the padding of the shares
     train_seconds = time.perf_counter() - started
     train_cpu_seconds = time.process_time() - cpu_started
-    accuracy = evaluate(model, splits.x_test, splits.y_test, config.eval_batch_size)
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    accuracy = evaluate(net, splits.x_test, splits.y_test, config.eval_batch_size)
     train_loss, train_accuracy = train_loss_and_accuracy(
-        model, splits.x_train, splits.y_train, config.eval_batch_size
+        net, splits.x_train, splits.y_train, config.eval_batch_size
     )
     schedule = AnnealingSchedule(epochs, _delta(variant))
     return {
@@ -349,17 +409,26 @@ def load_task(mnist_dir: str, config: StepLimitedConfig) -> Splits:
 
 
 class Store:
-    """The JSON file of finished runs, rewritten atomically after each one."""
+    """The JSON file of finished runs, rewritten atomically after each one. Processes may share
+    it: each write takes a lock and merges the runs other processes wrote meanwhile."""
 
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, path: Path, settings: dict[str, Any], write: bool = True) -> None:
         self.path = path
         self.settings = settings
-        self.runs: list[dict[str, Any]] = []
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if data.get("version") != RESULTS_VERSION:
-                raise SystemExit(f"{path} has another results version; move it away")
-            self.runs = list(data["runs"])
+        self.write = write  # only rank 0 writes under torchrun; every rank keeps its runs
+        self.runs: list[dict[str, Any]] = self._read()
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        data = json.loads(self.path.read_text())
+        if data.get("version") != RESULTS_VERSION:
+            raise SystemExit(f"{self.path} has another results version; move it away")
+        return list(data["runs"])
+
+    @staticmethod
+    def _key(run: dict[str, Any]) -> str:
+        return json.dumps([run["mode"], run["epochs"], run["seed"], run["settings"]])
 
     def find(self, mode: str, epochs: int, seed: int) -> dict[str, Any] | None:
         """The finished run with these keys and the current settings, if any."""
@@ -377,13 +446,19 @@ class Store:
         """Append ``run`` (if given) and rewrite the file with ``summary``."""
         if run:
             self.runs.append(run)
+        if not self.write:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        body = {"version": RESULTS_VERSION, "task": TASK, "runs": self.runs}
-        if summary is not None:
-            body["summary"] = summary
-        partial.write_text(json.dumps(body, indent=1))
-        os.replace(partial, self.path)
+        with open(self.path.with_name(f"{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            known = {self._key(r) for r in self.runs}
+            self.runs += [r for r in self._read() if self._key(r) not in known]
+            partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            body = {"version": RESULTS_VERSION, "task": TASK, "runs": self.runs}
+            if summary is not None:
+                body["summary"] = summary
+            partial.write_text(json.dumps(body, indent=1))
+            os.replace(partial, self.path)
 
 
 def _mean_se(values: list[float]) -> tuple[float, float | None]:
@@ -448,12 +523,16 @@ def summarise(store: Store, epochs_list: list[int], seeds: list[int]) -> list[di
 
 
 def summarise_variants(
-    store: Store, epochs_list: list[int], seeds: list[int]
+    store: Store,
+    epochs_list: list[int],
+    seeds: list[int],
+    exclude: tuple[str, ...] = MAP_VARIANTS,
 ) -> list[dict[str, Any]]:
-    """Every other variant against full data and InfoBatch, paired by seed, per ``E``."""
+    """Every variant but ``exclude`` against full data and InfoBatch, paired by seed, per
+    ``E``."""
     rows = []
     for name, variant in VARIANTS.items():
-        if name in MAP_VARIANTS:
+        if name in exclude or name == "full":
             continue
         for epochs in epochs_list:
             pairs = _paired(store, name, epochs, seeds)
@@ -542,6 +621,67 @@ def format_variants(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: Variant name -> the policy it belongs to, for the largest lossless saving per policy.
+POLICY_OF = {
+    "infobatch": "InfoBatch",
+    "delta_0.75": "InfoBatch",
+    "r_0.3": "InfoBatch",
+    "keep_steps": "InfoBatch, keep_steps=True",
+    "r_0.3_keep_steps": "InfoBatch, keep_steps=True",
+    "r_0.7_keep_steps": "InfoBatch, keep_steps=True",
+    "no_rescale": "InfoBatch, no rescaling",
+    "control": "full data, fewer passes",
+    "dynamic_random": "dynamic random",
+    "dynamic_random_keep_steps": "dynamic random, full data's steps",
+    "orderdp": "OrderDP",
+    "orderdp_paper": "OrderDP",
+    "orderdp_keep_steps": "OrderDP, full data's steps",
+    "repb": "RePB (reconstructed)",
+    "ies": "IES",
+    "ies_window_3": "IES",
+}
+LOSSLESS = -0.1  # a mean paired difference (points) at or above this is lossless
+
+
+def format_lossless(
+    rows: list[dict[str, Any]], variant_rows: list[dict[str, Any]], min_seeds: int = 5
+) -> str:
+    """Per policy and ``E``: the largest saving whose mean paired difference with full data is
+    at least :data:`LOSSLESS` (over at least ``min_seeds`` seeds), as a markdown table."""
+    entries = [
+        (v["variant"], v["epochs"], v["minus_full"], v["saved_fraction"], len(v["seeds"]))
+        for v in variant_rows
+    ]
+    for row in rows:
+        for name, key in (("infobatch", "infobatch_minus_full"), ("control", "control_minus_full")):
+            entries.append(
+                (name, row["epochs"], row[key], row["saved_fraction"], len(row["seeds"]))
+            )
+    epochs = sorted({e[1] for e in entries})
+    policies = list(dict.fromkeys(POLICY_OF[e[0]] for e in entries if e[0] in POLICY_OF))
+    lines = [
+        "| policy | " + " | ".join(f"{e} epochs" for e in epochs) + " |",
+        "| --- |" + " ---: |" * len(epochs),
+    ]
+    for policy in policies:
+        cells = []
+        for epoch in epochs:
+            tried = [
+                e
+                for e in entries
+                if POLICY_OF.get(e[0]) == policy and e[1] == epoch and e[4] >= min_seeds
+            ]
+            best = max((e for e in tried if e[2][0] >= LOSSLESS), key=lambda e: e[3], default=None)
+            if not tried:
+                cells.append("-")
+            elif best is None:
+                cells.append(f"none ({len(tried)} tried)")
+            else:
+                cells.append(f"{100 * best[3]:.1f}% ({best[0]}, {_pm(best[2])})")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def step_limited_check(rows: list[dict[str, Any]]) -> str:
     """Full-data accuracy gained between consecutive ``E`` (paired by seed)."""
     parts = []
@@ -579,7 +719,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--max-lr", type=float, default=StepLimitedConfig.max_lr)
-    parser.add_argument("--batch-size", type=int, default=StepLimitedConfig.batch_size)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=StepLimitedConfig.batch_size,
+        help="samples per optimizer step over all processes",
+    )
+    parser.add_argument(
+        "--accumulation", type=int, default=1, help="micro-batches per optimizer step"
+    )
     parser.add_argument(
         "--output",
         default=str(REPO_ROOT / "benchmarks" / "results" / "step_limited.json"),
@@ -592,9 +740,22 @@ def main(argv: list[str] | None = None) -> int:
     """Train every missing run, then print the regime map and write the JSON."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = StepLimitedConfig(max_lr=args.max_lr, batch_size=args.batch_size)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: gloo on CPU
+        dist.init_process_group("gloo")
+    config = StepLimitedConfig(
+        max_lr=args.max_lr,
+        batch_size=args.batch_size,
+        world_size=world,
+        accumulation=args.accumulation,
+    )
+    if config.micro_batch * world * config.accumulation != config.batch_size:
+        raise SystemExit("--batch-size must be a multiple of processes x --accumulation")
     settings = asdict(config)
-    store = Store(Path(args.output), settings)
+    if world == 1 and config.accumulation == 1:  # the runs stored before these two existed
+        del settings["world_size"], settings["accumulation"]
+    main_rank = not dist.is_initialized() or dist.get_rank() == 0
+    store = Store(Path(args.output), settings, write=main_rank)
     splits = load_task(args.mnist_dir, config)
     print(f"{STEP_LIMITED_TASKS[TASK][0]}: {STEP_LIMITED_TASKS[TASK][1]}", flush=True)
     for seed in args.seeds:
@@ -620,20 +781,25 @@ def main(argv: list[str] | None = None) -> int:
                     "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 }
                 store.add(run)
-                print(
-                    f"E={epochs:2d} seed {seed} {mode:12s} "
-                    f"acc {100 * result['test_accuracy']:6.2f}%  "
-                    f"saved {100 * result['saved_fraction']:5.1f}%  "
-                    f"steps {result['optimizer_steps']:5d}  "
-                    f"train loss {result['train_loss']:.4f}  {result['train_seconds']:5.1f}s",
-                    flush=True,
-                )
+                if main_rank:
+                    print(
+                        f"E={epochs:2d} seed {seed} {mode:12s} "
+                        f"acc {100 * result['test_accuracy']:6.2f}%  "
+                        f"saved {100 * result['saved_fraction']:5.1f}%  "
+                        f"steps {result['optimizer_steps']:5d}  "
+                        f"train loss {result['train_loss']:.4f}  {result['train_seconds']:5.1f}s",
+                        flush=True,
+                    )
     all_epochs = sorted({run["epochs"] for run in store.runs})
     all_seeds = sorted({run["seed"] for run in store.runs})
     rows = summarise(store, all_epochs, all_seeds)
     variant_rows = summarise_variants(store, all_epochs, all_seeds)
     summary = {"rows": rows, "variants": variant_rows, "check": step_limited_check(rows)}
     store.add({}, summary)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if not main_rank:
+        return 0
     print()
     print(format_table(rows))
     print(summary["check"])

@@ -96,6 +96,21 @@ FAMILIES: dict[str, tuple[str, str]] = {
         "UCB",
         "the highest moving-average loss + 1 std (Raju et al. 2021), weight 1",
     ),
+    "orderdp": (
+        "OrderDP",
+        "a uniformly random subset (75% of the data), then its highest losses up to the "
+        "budget (Jin et al. 2026), weight 1",
+    ),
+    "repb": (
+        "RePB (reconstructed)",
+        "InfoBatch's below-the-mean rule within windows of 10 batches, per-sample weights from "
+        "each sample's selection history (Zhou et al. 2026, rule reconstructed)",
+    ),
+    "ies": (
+        "IES",
+        "samples whose loss's second difference over epochs fell below 1e-3 are excluded "
+        "(Yuan et al. 2025), weight 1",
+    ),
     "seta": (
         "SeTa",
         "random down-sampling, 5 k-means loss groups, an easy-to-hard window, partial "
@@ -185,6 +200,14 @@ MATCHED = [
     Setting("static_random", delta=1.0, matched=True),
     Setting("epsilon_greedy", _p(epsilon=0.1), matched=True),
     Setting("ucb", _p(c=1.0, decay=0.8), matched=True),
+    Setting("orderdp", _p(subset_fraction=0.75), matched=True),
+]
+#: The newer policies at their papers' settings (issue 14).
+NEWER = [
+    Setting("orderdp", _p(prune_ratio=0.3625, subset_fraction=0.75), delta=1.0),
+    Setting("repb", _p(prune_ratio=0.5, window=10)),
+    Setting("ies", _p(threshold=1e-3, window=1)),
+    Setting("ies", _p(threshold=1e-3, window=3)),
 ]
 ABLATIONS = [
     Setting("no_rescale", _p(prune_ratio=0.5)),
@@ -244,7 +267,7 @@ HARD_TASK_EXTRA = [
 ]
 
 #: The regime map on these tasks: epochs besides each task's own, the settings and seeds.
-EPOCH_SWEEP = {"mnist1d": (4, 16), "mnist": (4, 16), "mnist_mlp": (4, 16)}
+EPOCH_SWEEP = {"mnist1d": (4, 16), "mnist": (4, 16), "mnist_mlp": (4, 16, 32)}
 EPOCH_SWEEP_SETTINGS = [FULL, DEFAULT, CONTROL, KEEP_STEPS]
 EPOCH_SWEEP_SEEDS = {"mnist1d": 3, "mnist": 3, "mnist_mlp": 4}
 
@@ -259,7 +282,7 @@ def settings_for(task: str, sweep: str) -> list[Setting]:
     """Every setting a task trains in ``sweep`` (``"reduced"`` or ``"full"``), references first."""
     if sweep not in SEEDS:
         raise ValueError(f"Unknown sweep {sweep!r}, expected one of {list(SEEDS)}")
-    chosen = [FULL, DEFAULT, *MATCHED, *ABLATIONS, *REDUCED_SWEEP]
+    chosen = [FULL, DEFAULT, *MATCHED, *ABLATIONS, *REDUCED_SWEEP, *NEWER]
     if task == "mnist_mlp":
         chosen += HARD_TASK_EXTRA
     if sweep == "full":

@@ -39,6 +39,7 @@ def _load_module(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
@@ -299,3 +300,51 @@ def test_every_sweep_setting_builds_its_policy() -> None:
             assert use == (setting.family not in ("full", "full_short"))
             keys.add(setting.key)
     assert len(keys) == len({s for t in sweep.TASKS for s in sweep.settings_for(t, "full")})
+
+
+def test_step_limited_variants_keep_their_budgets_and_steps() -> None:
+    limited = _load_module("step_limited")
+    generator = torch.Generator().manual_seed(0)
+    splits = Splits(
+        "mnist",
+        torch.randn(300, 1, 28, 28, generator=generator),
+        torch.randint(0, 10, (300,), generator=generator),
+        torch.randn(50, 1, 28, 28, generator=generator),
+        torch.randint(0, 10, (50,), generator=generator),
+    )
+    config = limited.StepLimitedConfig(batch_size=32)
+    variants = limited.VARIANTS
+
+    def run(name: str, reference: dict[str, Any] | None = None) -> dict[str, Any]:
+        return limited.train_run(
+            splits, config, epochs=4, seed=0, variant=variants[name], reference=reference
+        )
+
+    infobatch = run("infobatch")
+    assert 0 < infobatch["saved_fraction"] < 0.5
+    assert infobatch["optimizer_steps"] < 4 * 10  # ceil(300 / 32) = 10 steps a full epoch
+    keep = run("keep_steps")
+    assert keep["optimizer_steps"] == 4 * 10  # full data's steps in every epoch
+    # epoch 0 is batched as full data, so epoch 1 plans from the same scores
+    assert keep["kept_per_epoch"][:2] == infobatch["kept_per_epoch"][:2]
+    assert keep["saved_fraction"] == pytest.approx(infobatch["saved_fraction"], abs=0.05)
+    control = run("control", infobatch)
+    assert control["sample_passes"] == infobatch["sample_passes"]
+    matched = run("orderdp", infobatch)
+    assert matched["kept_per_epoch"] == infobatch["kept_per_epoch"]
+
+    def row(name: str, diff: float, saved: float) -> dict[str, Any]:
+        return {
+            "variant": name,
+            "epochs": 8,
+            "minus_full": (diff, 0.05),
+            "saved_fraction": saved,
+            "seeds": list(range(5)),
+        }
+
+    table = limited.format_lossless(
+        [],
+        [row("keep_steps", 0.2, 0.31), row("r_0.7_keep_steps", -0.15, 0.44), row("ies", -0.3, 0.1)],
+    )
+    assert "| InfoBatch, keep_steps=True | 31.0% (keep_steps, +0.20 ± 0.05) |" in table
+    assert "| IES | none (1 tried) |" in table

@@ -210,3 +210,15 @@ def test_without_keep_steps_the_batch_sampler_is_the_plain_batching() -> None:
     batches = [b.tolist() for b in DataLoader(dataset, batch_sampler=dataset.batch_sampler)]
     assert [len(b) for b in batches] == [BATCH] * (SIZE // BATCH) + [SIZE % BATCH]
     assert dataset.sampler.batch_sampler is dataset.batch_sampler  # one object
+
+
+def test_the_framework_integrations_refuse_it_with_the_reason() -> None:
+    from infobatch.integrations._loader import infobatch_sampler_of
+
+    dataset = make()
+    loader = DataLoader(dataset, batch_sampler=dataset.batch_sampler)
+    with pytest.raises(ValueError, match="does not take an InfoBatch with keep_steps=True yet"):
+        infobatch_sampler_of(loader, "prepare_loader()")
+    plain = make(keep_steps=False)
+    found = infobatch_sampler_of(DataLoader(plain, batch_sampler=plain.batch_sampler), "x")
+    assert found is plain.sampler

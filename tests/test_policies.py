@@ -529,6 +529,8 @@ def test_orderdp_settings_are_validated_with_the_numbers() -> None:
         OrderDP()
     with pytest.raises(ValueError, match="OrderDP keeps 250 samples in epoch 1 but its random"):
         select(OrderDP(kept_counts=[250, 250], subset_fraction=0.75), scores_at(1), seed=0)
+    everything = select(OrderDP(kept_counts=[SIZE, SIZE], subset_fraction=0.75), scores_at(1), 0)
+    assert bool((everything.status != PRUNED).all())  # a budget of every sample keeps all
 
 
 # ---------------------------------------------------------------------- RePB

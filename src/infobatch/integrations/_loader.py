@@ -18,6 +18,12 @@ def infobatch_sampler_of(loader: DataLoader[Any], caller: str) -> InfoBatchSampl
         candidates.append(loader.sampler.sampler)
     for sampler in candidates:
         if isinstance(sampler, InfoBatchSampler):
+            if sampler.keep_steps:
+                raise ValueError(
+                    f"{caller} does not take an InfoBatch with keep_steps=True yet (its smaller "
+                    "batches are tested in plain PyTorch and torch.distributed loops only); "
+                    "build InfoBatch without keep_steps here, or train with a plain loop"
+                )
             return sampler
     raise TypeError(
         f"{caller} expects a DataLoader built with sampler=<InfoBatch>.sampler, got a "

@@ -28,7 +28,9 @@ class OrderDP:
     2. keep the ``q`` of them with the highest scores (latest losses; never-scored samples
        rank first, ties broken at random, as :func:`~infobatch.policies._common.top_k`),
        where ``q`` is the epoch's budget: ``N - round(prune_ratio * N)`` or the epoch's entry
-       of ``kept_counts``. The saving is therefore known exactly in advance.
+       of ``kept_counts``. The saving is therefore known exactly in advance. An epoch whose
+       budget is every sample (``kept_counts`` copied from a run whose epoch 0 kept all)
+       keeps all; any other budget larger than the subset is an error.
 
     Kept samples have weight 1, as in the authors' sampler. What the paper calls unbiased is
     the *surrogate* objective this selection optimises exactly in expectation: the sample of
@@ -86,6 +88,8 @@ class OrderDP:
         num_samples = scores.numel()
         count = self.budget.count(context.epoch, num_samples)
         size = self.subset_size(num_samples)
+        if count == num_samples:  # an epoch that keeps everything (e.g. a matched epoch 0)
+            size = num_samples
         if count > size:
             raise ValueError(
                 f"OrderDP keeps {count} samples in epoch {context.epoch} but its random subset "
