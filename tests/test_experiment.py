@@ -330,7 +330,7 @@ def test_step_limited_variants_keep_their_budgets_and_steps() -> None:
     assert keep["saved_fraction"] == pytest.approx(infobatch["saved_fraction"], abs=0.05)
     control = run("control", infobatch)
     assert control["sample_passes"] == infobatch["sample_passes"]
-    matched = run("orderdp", infobatch)
+    matched = run("dynamic_random", infobatch)
     assert matched["kept_per_epoch"] == infobatch["kept_per_epoch"]
 
     def row(name: str, diff: float, saved: float) -> dict[str, Any]:
