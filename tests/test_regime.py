@@ -54,3 +54,30 @@ def test_no_warning_where_the_map_found_nothing_to_warn_about(kwargs: dict[str, 
 
 def test_the_longest_warned_run_is_the_maps_last_lossy_one() -> None:
     assert len(warnings_of(num_epochs=SHORT_SCHEDULE_EPOCHS)) == 1
+
+
+def test_the_warnings_figures_are_the_committed_benchmarks() -> None:
+    """The figures quoted are those of ``benchmarks/results/step_limited.json`` (20 seeds)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import step_limited
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    path = root / "benchmarks" / "results" / "step_limited.json"
+    store = step_limited.Store(path, json.loads(path.read_text())["runs"][0]["settings"])
+    seeds = list(range(20))
+    rows = {row["epochs"]: row for row in step_limited.summarise(store, [4, 8, 16], seeds)}
+    variants = {
+        row["epochs"]: row
+        for row in step_limited.summarise_variants(store, [4, 8, 16], seeds)
+        if row["variant"] == "keep_steps"
+    }
+    for epochs in (4, 8, 16):
+        assert len(rows[epochs]["seeds"]) == len(variants[epochs]["seeds"]) == 20
+        assert FIGURES[f"ib{epochs}"] == f"{rows[epochs]['infobatch_minus_full'][0]:+.2f}"
+        assert FIGURES[f"ks{epochs}"] == f"{variants[epochs]['minus_full'][0]:+.2f}"

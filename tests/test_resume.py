@@ -12,7 +12,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from infobatch import STATE_VERSION, InfoBatch, SavingBudget, SoftPruning, WeightedSampling
+from infobatch import (
+    STATE_VERSION,
+    InfoBatch,
+    SavingBudget,
+    ShortScheduleWarning,
+    SoftPruning,
+    WeightedSampling,
+)
 
 NUM_EPOCHS = 6
 
@@ -195,6 +202,7 @@ def test_going_back_to_an_earlier_epoch_right_after_a_resume_is_warned() -> None
     resumed.load_state_dict(state)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ShortScheduleWarning)  # test_regime.py
         resumed.sampler.set_epoch(3)  # the right epoch: silent
 
 
@@ -284,6 +292,7 @@ def test_end_epoch_after_a_step_cap_makes_the_resumed_run_go_on_like_the_uninter
     straight = build()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a deliberate cut is not warned about
+        warnings.simplefilter("ignore", ShortScheduleWarning)  # test_regime.py
         expected = _break_each_epoch(straight, range(4), cap=2, end=True)
     first = build()
     _break_each_epoch(first, range(2), cap=2, end=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from infobatch import InfoBatchError, InfoBatchSampler, Phase
+from infobatch import InfoBatchError, InfoBatchSampler, Phase, ShortScheduleWarning
 from infobatch.plan import UPWEIGHTED
 
 
@@ -191,6 +191,7 @@ def test_explicit_indices_with_drop_last_end_the_epoch_at_its_last_full_batch() 
     assert sampler.phase is Phase.COMPLETE
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "never reached update()" warning
+        warnings.simplefilter("ignore", ShortScheduleWarning)  # test_regime.py
         iter(sampler)
     assert sampler.epoch == 1
 
@@ -235,6 +236,7 @@ def test_invalid_samples_get_no_score_weight_zero_and_no_warning() -> None:
     assert (sampler.position, sampler.epoch_length) == (4, len(sampler))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ShortScheduleWarning)  # test_regime.py
         sampler.state_dict()  # closes the books: nothing non-finite to report
     assert sampler.nonfinite_count == 0
     with pytest.raises(TypeError, match="valid must be a bool tensor shaped like loss"):

@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from infobatch import InfoBatch, InfoBatchError  # noqa: E402
+from infobatch import InfoBatch, InfoBatchError, ShortScheduleWarning  # noqa: E402
 from infobatch.integrations.hf import STATE_FILE  # noqa: E402
 
 from ._common import (  # noqa: E402
@@ -51,6 +51,7 @@ def causal(tmp_path_factory: pytest.TempPathFactory) -> Record:
         # e.g. "samples never reached update()"; rows without labels pass valid=False: no
         # "non-finite losses" warning either
         warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ShortScheduleWarning)  # test_regime.py
         return run_trainer_and_resume(tmp_path_factory.mktemp("hf1"), {})
 
 
@@ -216,6 +217,7 @@ def test_trainer_variants_train_each_planned_sample_once(
 ) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # e.g. "samples never reached update()"
+        warnings.simplefilter("ignore", ShortScheduleWarning)  # test_regime.py
         warnings.filterwarnings("ignore", message=".*fork.*")
         run = run_trainer(tmp_path, {"epochs": 3, "delta": 0.67, **settings})
     batch = settings.get("batch", DEFAULTS["batch"])
@@ -303,6 +305,7 @@ def test_two_rank_boundary_checkpoint_resumes_on_one_process(
     checkpoint = two_ranks_dir / "full" / "run" / f"checkpoint-{step}"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ShortScheduleWarning)  # test_regime.py
         resumed = run_trainer(tmp_path, {"resume_from": str(checkpoint)})
     assert min(resumed["plans"]) == 2
     for epoch in (2, 3):
