@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from infobatch import AnnealingSchedule, InfoBatch
+from infobatch import (
+    AnnealingSchedule,
+    InfoBatch,
+    KeepAll,
+    Selection,
+    ShortScheduleWarning,
+    SoftPruning,
+)
+from infobatch.context import EpochContext
 from infobatch.experiment import Splits, build_model, evaluate, load_mnist
 from infobatch.policies import POLICIES, Rule, make_policy
 
@@ -155,10 +164,10 @@ VARIANTS: dict[str, Variant] = {
             keep_steps=True,
         ),
         Variant(
-            "orderdp",
-            "OrderDP (subset 75%) at InfoBatch's budget",
+            "orderdp_matched",
+            "OrderDP at InfoBatch's budget (its top 85% of a random subset)",
             policy="orderdp",
-            params=(("subset_fraction", 0.75),),
+            params=(("top_fraction", 0.85),),
             matched=True,
         ),
         Variant(
@@ -169,12 +178,24 @@ VARIANTS: dict[str, Variant] = {
             delta=1.0,
         ),
         Variant(
-            "orderdp_keep_steps",
+            "orderdp_matched_keep_steps",
             "OrderDP at InfoBatch's budget, full data's steps",
             policy="orderdp",
-            params=(("subset_fraction", 0.75),),
+            params=(("top_fraction", 0.85),),
             matched=True,
             keep_steps=True,
+        ),
+        Variant(
+            "late_start",
+            "InfoBatch r=0.5 from the second quarter of the epochs on (full data before)",
+            policy="late_start",
+            params=(("start_fraction", 0.25),),
+        ),
+        Variant(
+            "saving_budget_0.3",
+            "InfoBatch's rule with the ratio set per epoch to save 30% in total",
+            policy="saving_budget",
+            params=(("target", 0.3),),
         ),
         Variant("repb", "RePB (reconstructed), r=0.5, windows of 10 batches", policy="repb"),
         Variant("ies", "IES, threshold 1e-3", policy="ies"),
@@ -234,11 +255,29 @@ def _weight_norm(model: nn.Module) -> float:
     return float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
 
 
+class LateStart:
+    """InfoBatch's rule from epoch ``ceil(start_fraction * E)`` on, full data before (a
+    candidate of issue 14: start pruning later)."""
+
+    def __init__(self, start_fraction: float, prune_ratio: float = 0.5) -> None:
+        self.start_fraction, self.prune_ratio = start_fraction, prune_ratio
+
+    def select_for_epoch(
+        self, scores: Tensor, generator: torch.Generator, context: EpochContext
+    ) -> Selection:
+        """Keep everything before the start, InfoBatch's rule after."""
+        start = math.ceil(self.start_fraction * (context.num_epochs or 0))
+        rule = KeepAll() if context.epoch < start else SoftPruning(self.prune_ratio)
+        return rule.select(scores, generator)
+
+
 def make_rule(variant: Variant, epochs: int, reference: dict[str, Any] | None) -> Rule | None:
     """The variant's pruning rule (``None``: InfoBatch's own)."""
     if variant.policy is None:
         return None
     kwargs = dict(variant.params)
+    if variant.policy == "late_start":
+        return LateStart(**kwargs)
     if variant.matched:
         if reference is None:
             raise SystemExit(f"{variant.name} needs the infobatch run of its seed first")
@@ -248,8 +287,9 @@ def make_rule(variant: Variant, epochs: int, reference: dict[str, Any] | None) -
 
 
 def _delta(variant: Variant) -> float:
-    if variant.policy is not None and POLICIES[variant.policy].delta is not None:
-        return float(POLICIES[variant.policy].delta)  # type: ignore[arg-type]
+    info = POLICIES.get(variant.policy) if variant.policy is not None else None
+    if info is not None and info.delta is not None:
+        return float(info.delta)
     return variant.delta
 
 
@@ -630,12 +670,14 @@ POLICY_OF = {
     "r_0.3_keep_steps": "InfoBatch, keep_steps=True",
     "r_0.7_keep_steps": "InfoBatch, keep_steps=True",
     "no_rescale": "InfoBatch, no rescaling",
+    "late_start": "InfoBatch",
+    "saving_budget_0.3": "InfoBatch, saving budget",
     "control": "full data, fewer passes",
     "dynamic_random": "dynamic random",
     "dynamic_random_keep_steps": "dynamic random, full data's steps",
-    "orderdp": "OrderDP",
+    "orderdp_matched": "OrderDP",
     "orderdp_paper": "OrderDP",
-    "orderdp_keep_steps": "OrderDP, full data's steps",
+    "orderdp_matched_keep_steps": "OrderDP, full data's steps",
     "repb": "RePB (reconstructed)",
     "ies": "IES",
     "ies_window_3": "IES",
@@ -740,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train every missing run, then print the regime map and write the JSON."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore", ShortScheduleWarning)  # this script measures that regime
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun: gloo on CPU
         dist.init_process_group("gloo")

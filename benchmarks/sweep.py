@@ -98,8 +98,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "orderdp": (
         "OrderDP",
-        "a uniformly random subset (75% of the data), then its highest losses up to the "
-        "budget (Jin et al. 2026), weight 1",
+        "a uniformly random subset, then its highest losses up to the budget, 85% of the "
+        "subset (Jin et al. 2026), weight 1",
     ),
     "repb": (
         "RePB (reconstructed)",
@@ -200,7 +200,7 @@ MATCHED = [
     Setting("static_random", delta=1.0, matched=True),
     Setting("epsilon_greedy", _p(epsilon=0.1), matched=True),
     Setting("ucb", _p(c=1.0, decay=0.8), matched=True),
-    Setting("orderdp", _p(subset_fraction=0.75), matched=True),
+    Setting("orderdp", _p(top_fraction=0.85), matched=True),  # q = 0.85 S, as its paper
 ]
 #: The newer policies at their papers' settings (issue 14).
 NEWER = [

@@ -529,6 +529,12 @@ def test_orderdp_settings_are_validated_with_the_numbers() -> None:
         OrderDP()
     with pytest.raises(ValueError, match="OrderDP keeps 250 samples in epoch 1 but its random"):
         select(OrderDP(kept_counts=[250, 250], subset_fraction=0.75), scores_at(1), seed=0)
+    sized = OrderDP(kept_counts=[170, 170], top_fraction=0.85)
+    assert sized.subset_size(SIZE, 170) == 200 and sized.subset_size(SIZE, 290) == SIZE
+    kept = select(sized, scores_at(1), 0).status != PRUNED
+    assert int(kept.sum()) == 170  # the top 85% of a random subset of 200
+    with pytest.raises(ValueError, match="Invalid top_fraction 0,"):
+        OrderDP(0.3, top_fraction=0)
     everything = select(OrderDP(kept_counts=[SIZE, SIZE], subset_fraction=0.75), scores_at(1), 0)
     assert bool((everything.status != PRUNED).all())  # a budget of every sample keeps all
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +54,10 @@ class OrderDP:
             exactly one of the two.
         subset_fraction (float, optional): share ``S / N`` of the random subset, in
             ``(0, 1]``; the subset must hold at least the budget. Default: ``0.75``.
+        top_fraction (float, optional): instead of ``subset_fraction``, size each epoch's
+            subset so that its budget is this share of it (``S = ceil(q / top_fraction)``, at
+            most ``N``): the paper's ``q = 0.85 S`` for any budget, e.g. InfoBatch's per-epoch
+            ``kept_counts``. Default: ``None``.
 
     >>> from infobatch.policies import OrderDP
     >>> rule = OrderDP(prune_ratio=0.3625, subset_fraction=0.75)   # the authors' CIFAR setting
@@ -64,21 +69,31 @@ class OrderDP:
         *,
         kept_counts: Sequence[int] | None = None,
         subset_fraction: float = 0.75,
+        top_fraction: float | None = None,
     ) -> None:
         self.budget = KeepBudget.of(prune_ratio, kept_counts)
         self.subset_fraction = check_fraction(
             "subset_fraction", subset_fraction, low_open=True, high_open=False
         )
+        self.top_fraction = (
+            None
+            if top_fraction is None
+            else check_fraction("top_fraction", top_fraction, low_open=True, high_open=False)
+        )
         ratio = self.budget.prune_ratio
-        if ratio is not None and 1.0 - ratio > self.subset_fraction + 1e-12:
+        if top_fraction is None and ratio is not None and 1.0 - ratio > subset_fraction + 1e-12:
             raise ValueError(
                 f"Invalid subset_fraction {subset_fraction} for prune_ratio {ratio}: the random "
                 f"subset ({subset_fraction} of the samples) must hold the {1.0 - ratio:.4g} kept; "
                 "raise subset_fraction to at least 1 - prune_ratio"
             )
 
-    def subset_size(self, num_samples: int) -> int:
-        """Samples in the random subset: ``round(subset_fraction * num_samples)``."""
+    def subset_size(self, num_samples: int, count: int | None = None) -> int:
+        """Samples in the random subset: ``round(subset_fraction * num_samples)``, or with
+        ``top_fraction`` the ``min(num_samples, ceil(count / top_fraction))`` whose top
+        ``top_fraction`` is the epoch's budget ``count``."""
+        if self.top_fraction is not None and count is not None:
+            return min(num_samples, math.ceil(count / self.top_fraction - 1e-9))
         return round(self.subset_fraction * num_samples)
 
     def select_for_epoch(
@@ -87,7 +102,7 @@ class OrderDP:
         """A random subset of :meth:`subset_size` samples, then its budgeted top scores."""
         num_samples = scores.numel()
         count = self.budget.count(context.epoch, num_samples)
-        size = self.subset_size(num_samples)
+        size = self.subset_size(num_samples, count)
         if count == num_samples:  # an epoch that keeps everything (e.g. a matched epoch 0)
             size = num_samples
         if count > size:
@@ -102,4 +117,9 @@ class OrderDP:
         return Selection(status, 1.0, float("nan"), count_scored(scores), 0)
 
     def __repr__(self) -> str:
-        return f"OrderDP({self.budget}, subset_fraction={self.subset_fraction})"
+        sizing = (
+            f"subset_fraction={self.subset_fraction}"
+            if self.top_fraction is None
+            else f"top_fraction={self.top_fraction}"
+        )
+        return f"OrderDP({self.budget}, {sizing})"
