@@ -1,6 +1,6 @@
 """infobatch: unbiased dynamic data pruning (InfoBatch, ICLR 2024) for PyTorch."""
 
-from .batching import EpochBatchSampler
+from .batching import BatchLayout, EpochBatchSampler
 from .budget import SavingBudget
 from .context import EpochAwareRule, EpochContext
 from .dataset import InfoBatch
@@ -22,6 +22,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AnnealingSchedule",
+    "BatchLayout",
     "Collectives",
     "EpochAwareRule",
     "EpochBatchSampler",
