@@ -269,7 +269,7 @@ HARD_TASK_EXTRA = [
 #: The regime map on these tasks: epochs besides each task's own, the settings and seeds.
 EPOCH_SWEEP = {"mnist1d": (4, 16), "mnist": (4, 16), "mnist_mlp": (4, 16, 32)}
 EPOCH_SWEEP_SETTINGS = [FULL, DEFAULT, CONTROL, KEEP_STEPS]
-EPOCH_SWEEP_SEEDS = {"mnist1d": 3, "mnist": 3, "mnist_mlp": 4}
+EPOCH_SWEEP_SEEDS = {"mnist1d": 6, "mnist": 3, "mnist_mlp": 10}
 
 #: Seeds per task in each sweep.
 SEEDS = {
