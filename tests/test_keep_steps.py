@@ -212,13 +212,14 @@ def test_without_keep_steps_the_batch_sampler_is_the_plain_batching() -> None:
     assert dataset.sampler.batch_sampler is dataset.batch_sampler  # one object
 
 
-def test_the_framework_integrations_refuse_it_with_the_reason() -> None:
+def test_integrations_that_do_not_take_it_refuse_it_with_the_reason() -> None:
     from infobatch.integrations._loader import infobatch_sampler_of
 
     dataset = make()
     loader = DataLoader(dataset, batch_sampler=dataset.batch_sampler)
     with pytest.raises(ValueError, match="does not take an InfoBatch with keep_steps=True yet"):
-        infobatch_sampler_of(loader, "prepare_loader()")
+        infobatch_sampler_of(loader, "InfoBatchCallback.loader()")  # Lightning, the Trainer
+    assert infobatch_sampler_of(loader, "prepare_loader()", keep_steps=True) is dataset.sampler
     plain = make(keep_steps=False)
     found = infobatch_sampler_of(DataLoader(plain, batch_sampler=plain.batch_sampler), "x")
     assert found is plain.sampler

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = dict(
     implicit=False,  # update(losses) without indices=
     save_batches_of=None,  # an epoch: save_state after each of its batches (and the gradients)
     resume_grads=False,  # load this rank's accumulated gradients saved with the state
+    keep_steps=False,  # InfoBatch(keep_steps=True) and DataLoader(batch_sampler=...)
 )
 
 
@@ -72,10 +73,20 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
     accumulation = settings["accumulation"]
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
     epochs = settings["epochs"]
+    keep_steps = settings["keep_steps"]
     dataset: InfoBatch[Any] = InfoBatch(
-        Blobs(settings["num_samples"]), epochs, delta=settings["delta"], seed=settings["seed"]
+        Blobs(settings["num_samples"]),
+        epochs,
+        delta=settings["delta"],
+        seed=settings["seed"],
+        batch_size=settings["batch"] if keep_steps else None,
+        keep_steps=keep_steps,
     )
-    raw = DataLoader(dataset, batch_size=settings["batch"], sampler=dataset.sampler)
+    raw = (
+        DataLoader(dataset, batch_sampler=dataset.batch_sampler)
+        if keep_steps
+        else DataLoader(dataset, batch_size=settings["batch"], sampler=dataset.sampler)
+    )
     loader = (
         accelerator.prepare(raw) if settings["plain_prepare"] else prepare_loader(accelerator, raw)
     )

@@ -241,3 +241,53 @@ def test_one_process_relaunched_mid_epoch_reproduces_the_uninterrupted_run(
     relaunched_one_process: Record, point: str
 ) -> None:
     _check_relaunched(relaunched_one_process, point)
+
+
+# ---------------------------------------------------------------------- keep_steps
+KEEP_STEPS_POINTS = ["middle", "in-group", "last"]
+
+
+@pytest.fixture(scope="module")
+def relaunched_keep_steps(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    """Two ranks with ``keep_steps=True``, stopped inside epoch 1 and relaunched."""
+    out = tmp_path_factory.mktemp("acc-keep-steps")
+    config = {**RELAUNCH, "keep_steps": True, "save_batches_of": RELAUNCH_EPOCH}
+
+    def resumes(full: list[Record]) -> dict[str, dict[str, Any]]:
+        marks = [pick_marks(run["marks"], RELAUNCH_EPOCH) for run in full]
+        return {
+            point: {
+                **RELAUNCH,
+                "keep_steps": True,
+                "resume_from": marks[0][point]["name"],
+                "start_step": marks[0][point]["global_step"],
+                "resume_grads": True,
+            }
+            for point in KEEP_STEPS_POINTS
+        }
+
+    full, resumed = stop_and_relaunch(2, run_loop, out, config, resumes)
+    return {"full": full, "resumed": resumed}
+
+
+def test_keep_steps_makes_full_datas_steps_every_epoch_under_two_ranks(
+    relaunched_keep_steps: Record,
+) -> None:
+    full, epochs = relaunched_keep_steps["full"], RELAUNCH["epochs"]
+    assert_full_run_is_sound(full, epochs, RELAUNCH["num_samples"])
+    # 80 samples, 2 ranks, batches of 4: 10 batches a rank, 5 steps of 2 in every epoch
+    for run in full:
+        assert run["steps"] == {epoch: 5 for epoch in range(epochs)}
+        assert len(run["learning_rates"]) == 5 * epochs
+    kept = [full[0]["plans"][epoch]["kept"] for epoch in range(epochs)]
+    assert kept[1] < RELAUNCH["num_samples"]  # epoch 1 is pruned, in smaller batches
+
+
+@pytest.mark.parametrize("point", KEEP_STEPS_POINTS)
+def test_keep_steps_relaunched_mid_epoch_reproduces_the_uninterrupted_run(
+    relaunched_keep_steps: Record, point: str
+) -> None:
+    full, epochs = relaunched_keep_steps["full"], RELAUNCH["epochs"]
+    marks = [pick_marks(run["marks"], RELAUNCH_EPOCH)[point] for run in full]
+    resumed = relaunched_keep_steps["resumed"][point]
+    assert_relaunched_run_equals_full_run(full, resumed, marks, epochs)

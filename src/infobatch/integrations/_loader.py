@@ -11,18 +11,24 @@ from ..sampler import InfoBatchSampler
 __all__ = ["infobatch_sampler_of", "load_rank_state", "rank_states"]
 
 
-def infobatch_sampler_of(loader: DataLoader[Any], caller: str) -> InfoBatchSampler:
-    """The ``InfoBatchSampler`` behind a ``DataLoader``; else a ``TypeError`` naming ``caller``."""
+def infobatch_sampler_of(
+    loader: DataLoader[Any], caller: str, *, keep_steps: bool = False
+) -> InfoBatchSampler:
+    """The ``InfoBatchSampler`` behind a ``DataLoader``; else a ``TypeError`` naming ``caller``.
+
+    ``keep_steps``: whether ``caller`` takes a sampler with ``keep_steps=True`` (its loader
+    built with ``batch_sampler=dataset.batch_sampler``); if not, such a sampler is refused.
+    """
     candidates = [loader.sampler, getattr(loader.batch_sampler, "sampler", None)]
     if isinstance(loader.sampler, BatchSampler):
         candidates.append(loader.sampler.sampler)
     for sampler in candidates:
         if isinstance(sampler, InfoBatchSampler):
-            if sampler.keep_steps:
+            if sampler.keep_steps and not keep_steps:
                 raise ValueError(
                     f"{caller} does not take an InfoBatch with keep_steps=True yet (its smaller "
-                    "batches are tested in plain PyTorch and torch.distributed loops only); "
-                    "build InfoBatch without keep_steps here, or train with a plain loop"
+                    "batches are tested in plain PyTorch loops and with Accelerate's "
+                    "prepare_loader only); build InfoBatch without keep_steps here"
                 )
             return sampler
     raise TypeError(

@@ -74,14 +74,16 @@ def prepare_loader(accelerator: Any, loader: DataLoader[Any]) -> DataLoader[Any]
     Args:
         accelerator (accelerate.Accelerator): the run's accelerator.
         loader (DataLoader): built with ``sampler=<InfoBatch>.sampler`` (any batch size,
-            collate function and workers; ``drop_last`` as given to InfoBatch).
+            collate function and workers; ``drop_last`` as given to InfoBatch), or with
+            ``batch_sampler=<InfoBatch>.batch_sampler`` (``keep_steps=True``: every epoch
+            makes full data's number of batches, so a schedule counting steps ends exactly).
 
     Raises:
         TypeError: the loader's sampler is not an InfoBatch sampler.
         ValueError: the sampler was built for another number of processes or rank, or with
             another ``drop_last`` than the loader.
     """
-    sampler = infobatch_sampler_of(loader, "prepare_loader()")
+    sampler = infobatch_sampler_of(loader, "prepare_loader()", keep_steps=True)
     world, rank = accelerator.num_processes, accelerator.process_index
     if (sampler.num_replicas, sampler.rank) != (world, rank):
         raise ValueError(
