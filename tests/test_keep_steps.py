@@ -218,7 +218,7 @@ def test_integrations_that_do_not_take_it_refuse_it_with_the_reason() -> None:
     dataset = make()
     loader = DataLoader(dataset, batch_sampler=dataset.batch_sampler)
     with pytest.raises(ValueError, match="does not take an InfoBatch with keep_steps=True yet"):
-        infobatch_sampler_of(loader, "InfoBatchCallback.loader()")  # Lightning, the Trainer
+        infobatch_sampler_of(loader, "InfoBatchTrainer")  # the Trainer does not take it
     assert infobatch_sampler_of(loader, "prepare_loader()", keep_steps=True) is dataset.sampler
     plain = make(keep_steps=False)
     found = infobatch_sampler_of(DataLoader(plain, batch_sampler=plain.batch_sampler), "x")

@@ -61,9 +61,9 @@ def warn_if_short_schedule(
         f"step-limited task {MEASURED.format(**FIGURES)}."
         f"{no_annealing} To keep full data's optimizer steps (smaller batches in pruned "
         "epochs, the same samples saved): InfoBatch(..., batch_size=B, keep_steps=True) and "
-        "DataLoader(dataset, batch_sampler=dataset.batch_sampler), in a plain PyTorch loop "
-        "or with Accelerate's prepare_loader (the Trainer and Lightning integrations do not "
-        "take it yet). If your model has "
+        "DataLoader(dataset, batch_sampler=dataset.batch_sampler), in a plain loop, with "
+        "Accelerate or with Lightning (the Hugging Face Trainer integration does not take it "
+        "yet). If your model has "
         "converged well before the end, this does not apply: filter "
         "infobatch.ShortScheduleWarning.",
         ShortScheduleWarning,

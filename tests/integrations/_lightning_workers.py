@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = dict(
     trainer={},  # further Trainer arguments
     save_in_group_of=None,  # an epoch: also checkpoint after each of its batches that did not step
     resume_grads=False,  # restore this rank's accumulated gradients saved with the checkpoint
+    keep_steps=False,  # InfoBatch(keep_steps=True) and DataLoader(batch_sampler=...)
 )
 
 
@@ -71,12 +72,23 @@ def _module_class() -> Any:
         def setup(self, stage: str) -> None:
             s = self.settings
             self.infobatch = InfoBatch(
-                Blobs(s["num_samples"]), s["epochs"], delta=s["delta"], seed=s["seed"]
+                Blobs(s["num_samples"]),
+                s["epochs"],
+                delta=s["delta"],
+                seed=s["seed"],
+                batch_size=s["batch"] if s["keep_steps"] else None,
+                keep_steps=s["keep_steps"],
             )
 
         def train_dataloader(self) -> Any:
-            loader = DataLoader(
-                self.infobatch, batch_size=self.settings["batch"], sampler=self.infobatch.sampler
+            loader = (
+                DataLoader(self.infobatch, batch_sampler=self.infobatch.batch_sampler)
+                if self.settings["keep_steps"]
+                else DataLoader(
+                    self.infobatch,
+                    batch_size=self.settings["batch"],
+                    sampler=self.infobatch.sampler,
+                )
             )
             return InfoBatchCallback.find(self.trainer).loader(loader)
 

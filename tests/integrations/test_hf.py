@@ -140,6 +140,10 @@ def test_trainer_gives_infobatch_its_batch_size_and_refuses_mismatches(tmp_path:
         build_trainer(tmp_path, {"infobatch": {"batch_size": 8}})
     with pytest.raises(ValueError, match="auto_find_batch_size"):
         build_trainer(tmp_path, {"args": {"auto_find_batch_size": True}})
+    with pytest.raises(ValueError, match="does not take an InfoBatch with keep_steps=True"):
+        build_trainer(
+            tmp_path, {"infobatch": {"batch_size": DEFAULTS["batch"], "keep_steps": True}}
+        )
 
 
 def test_trainer_resume_negative_controls(causal: Record, tmp_path: Path) -> None:

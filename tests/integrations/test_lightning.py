@@ -311,3 +311,51 @@ def test_lightning_one_cycle_schedule_reaches_its_final_rate(tmp_path: Path) -> 
     assert rates[-1] == pytest.approx(lr / 25 / 1e4, rel=1e-12)  # ...yet the cycle completed
     assert run["final_lr"] == pytest.approx(lr / 25 / 1e4, rel=1e-12)
     assert run["final_momentum"] == pytest.approx(0.95)  # momentum cycled back up
+
+
+# ---------------------------------------------------------------------- keep_steps
+KEEP_STEPS_POINTS = ["middle", "in-group", "last"]
+
+
+@pytest.fixture(scope="module")
+def relaunched_keep_steps(tmp_path_factory: pytest.TempPathFactory) -> Record:
+    """Two ranks (strategy="ddp") with ``keep_steps=True``, stopped inside epoch 1 and
+    relaunched."""
+    out = tmp_path_factory.mktemp("pl-keep-steps")
+    config = {**RELAUNCH, "keep_steps": True, "save": True, "save_in_group_of": RELAUNCH_EPOCH}
+
+    def resumes(full: list[Record]) -> dict[str, dict[str, Any]]:
+        marks = [pick_marks(run["marks"], RELAUNCH_EPOCH) for run in full]
+        return {
+            point: {
+                **RELAUNCH,
+                "keep_steps": True,
+                "resume_from": marks[0][point]["name"],
+                "resume_grads": not marks[0][point]["synced"],
+            }
+            for point in KEEP_STEPS_POINTS
+        }
+
+    full, resumed = stop_and_relaunch(2, run_lightning, out, config, resumes)
+    return {"full": full, "resumed": resumed}
+
+
+def test_lightning_keep_steps_makes_full_datas_steps_every_epoch(
+    relaunched_keep_steps: Record,
+) -> None:
+    full, epochs = relaunched_keep_steps["full"], RELAUNCH["epochs"]
+    assert_full_run_is_sound(full, epochs, RELAUNCH["num_samples"])
+    # 80 samples, 2 ranks, batches of 4: 10 batches a rank, 5 steps of 2 in every epoch
+    for run in full:
+        assert run["steps"] == {epoch: 5 for epoch in range(epochs)}
+    assert full[0]["plans"][1]["kept"] < RELAUNCH["num_samples"]  # pruned, smaller batches
+
+
+@pytest.mark.parametrize("point", KEEP_STEPS_POINTS)
+def test_lightning_keep_steps_relaunched_mid_epoch_reproduces_the_uninterrupted_run(
+    relaunched_keep_steps: Record, point: str
+) -> None:
+    full, epochs = relaunched_keep_steps["full"], RELAUNCH["epochs"]
+    marks = [pick_marks(run["marks"], RELAUNCH_EPOCH)[point] for run in full]
+    resumed = relaunched_keep_steps["resumed"][point]
+    assert_relaunched_run_equals_full_run(full, resumed, marks, epochs)

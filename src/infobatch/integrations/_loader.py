@@ -27,8 +27,9 @@ def infobatch_sampler_of(
             if sampler.keep_steps and not keep_steps:
                 raise ValueError(
                     f"{caller} does not take an InfoBatch with keep_steps=True yet (its smaller "
-                    "batches are tested in plain PyTorch loops and with Accelerate's "
-                    "prepare_loader only); build InfoBatch without keep_steps here"
+                    "batches are tested in plain PyTorch loops, with Accelerate's "
+                    "prepare_loader and with Lightning's InfoBatchCallback only); build "
+                    "InfoBatch without keep_steps here"
                 )
             return sampler
     raise TypeError(

@@ -343,6 +343,12 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
                     f"per-process batch size is {self._train_batch_size}; use the same value "
                     "(or leave InfoBatch's batch_size unset)"
                 )
+            if dataset.sampler.keep_steps:
+                raise ValueError(
+                    "InfoBatchTrainer does not take an InfoBatch with keep_steps=True yet (its "
+                    "smaller batches are tested in plain loops, Accelerate and Lightning only); "
+                    "build the train_dataset without keep_steps"
+                )
             if dataset.sampler.drop_last != targs.dataloader_drop_last:
                 raise ValueError(
                     f"the InfoBatch train_dataset has drop_last={dataset.sampler.drop_last} but "

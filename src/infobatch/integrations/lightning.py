@@ -103,13 +103,20 @@ class InfoBatchLoader:
     """
 
     def __init__(self, loader: DataLoader[Any], callback: InfoBatchCallback) -> None:
-        self.sampler = infobatch_sampler_of(loader, "InfoBatchCallback.loader()")
-        if loader.batch_size is None:
+        self.sampler = infobatch_sampler_of(loader, "InfoBatchCallback.loader()", keep_steps=True)
+        if self.sampler.keep_steps:
+            if loader.batch_sampler is not self.sampler.batch_sampler:
+                raise TypeError(
+                    "with keep_steps=True, build the DataLoader with "
+                    "batch_sampler=<InfoBatch>.batch_sampler (it sets each epoch's batches)"
+                )
+        elif loader.batch_size is None:
             raise TypeError(
                 "InfoBatchCallback.loader() needs a DataLoader with batch_size= (not a "
-                "batch_sampler): the batches of a resumed epoch are counted in batch_size units"
+                "batch_sampler; with keep_steps=True, batch_sampler=<InfoBatch>.batch_sampler): "
+                "the batches of a resumed epoch are counted in batch_size units"
             )
-        self.batch_size: int = loader.batch_size
+        self.batch_size: int = loader.batch_size or 0
         self.loader = loader
         self.dataset = loader.dataset
         self.callback = callback
@@ -117,6 +124,8 @@ class InfoBatchLoader:
     def __len__(self) -> int:
         self.callback._restore_pending()
         remaining = len(self.loader)  # plans the epoch the next iteration trains, if needed
+        if self.sampler.keep_steps:  # the whole epoch's batches, those trained before too
+            return self.sampler.batch_layout.num_batches
         # Positions before this pass: those a mid-epoch checkpoint had trained (whole batches).
         before = self.sampler.epoch_length - len(self.sampler)
         return before // self.batch_size + remaining
