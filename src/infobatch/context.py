@@ -62,24 +62,18 @@ class EpochContext:
         size = self.epoch_size
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
             raise ValueError(f"Invalid epoch_size {size!r}, epoch_size should be an int >= 1")
-        weights = self.sample_weights
-        if weights is not None and (
-            not isinstance(weights, Tensor) or weights.shape != (self.num_samples,)
+        for name, value, what in (
+            ("sample_weights", self.sample_weights, "weight"),
+            ("score_iterations", self.score_iterations, "iteration"),
         ):
-            shown = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
-            raise ValueError(
-                f"sample_weights must be a tensor of one weight per sample, shape "
-                f"({self.num_samples},), got {shown}"
-            )
-        stamps = self.score_iterations
-        if stamps is not None and (
-            not isinstance(stamps, Tensor) or stamps.shape != (self.num_samples,)
-        ):
-            shown = tuple(stamps.shape) if isinstance(stamps, Tensor) else type(stamps).__name__
-            raise ValueError(
-                f"score_iterations must be a tensor of one iteration per sample, shape "
-                f"({self.num_samples},), got {shown}"
-            )
+            if value is not None and (
+                not isinstance(value, Tensor) or value.shape != (self.num_samples,)
+            ):
+                shown = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"{name} must be a tensor of one {what} per sample, shape "
+                    f"({self.num_samples},), got {shown}"
+                )
 
     @property
     def epoch_passes(self) -> int:

@@ -178,16 +178,19 @@ def _relaunch_marks(full: list[Record]) -> dict[str, list[Record]]:
     return {point: [m[point] for m in marks] for point in RELAUNCH_POINTS}
 
 
-def _relaunch(out: Path, world: int, points: list[str]) -> Record:
+def _relaunch(
+    out: Path, world: int, points: list[str], extra: dict[str, Any] | None = None
+) -> Record:
     """``world`` gloo ranks train uninterrupted, saving after every batch of epoch 1, and
     exit; as many new processes then resume from each checkpoint of ``points`` (one process:
     in this process)."""
+    settings = {**RELAUNCH, **(extra or {})}
 
     def resumes(full: list[Record]) -> dict[str, dict[str, Any]]:
         marks = _relaunch_marks(full)
         return {
             point: {
-                **RELAUNCH,
+                **settings,
                 "resume_from": mark[0]["name"],
                 "start_step": mark[0]["global_step"],
                 "resume_grads": True,
@@ -195,7 +198,7 @@ def _relaunch(out: Path, world: int, points: list[str]) -> Record:
             for point, mark in ((p, marks[p]) for p in points)
         }
 
-    config = {**RELAUNCH, "save_batches_of": RELAUNCH_EPOCH}
+    config = {**settings, "save_batches_of": RELAUNCH_EPOCH}
     if world == 1:  # the control, in this process
         torch.set_num_threads(1)
         full, resumed = run_and_resume_in_process(run_loop, out, config, resumes)
@@ -251,23 +254,7 @@ KEEP_STEPS_POINTS = ["middle", "in-group", "last"]
 def relaunched_keep_steps(tmp_path_factory: pytest.TempPathFactory) -> Record:
     """Two ranks with ``keep_steps=True``, stopped inside epoch 1 and relaunched."""
     out = tmp_path_factory.mktemp("acc-keep-steps")
-    config = {**RELAUNCH, "keep_steps": True, "save_batches_of": RELAUNCH_EPOCH}
-
-    def resumes(full: list[Record]) -> dict[str, dict[str, Any]]:
-        marks = [pick_marks(run["marks"], RELAUNCH_EPOCH) for run in full]
-        return {
-            point: {
-                **RELAUNCH,
-                "keep_steps": True,
-                "resume_from": marks[0][point]["name"],
-                "start_step": marks[0][point]["global_step"],
-                "resume_grads": True,
-            }
-            for point in KEEP_STEPS_POINTS
-        }
-
-    full, resumed = stop_and_relaunch(2, run_loop, out, config, resumes)
-    return {"full": full, "resumed": resumed}
+    return _relaunch(out, 2, KEEP_STEPS_POINTS, {"keep_steps": True})
 
 
 def test_keep_steps_makes_full_datas_steps_every_epoch_under_two_ranks(
@@ -287,7 +274,4 @@ def test_keep_steps_makes_full_datas_steps_every_epoch_under_two_ranks(
 def test_keep_steps_relaunched_mid_epoch_reproduces_the_uninterrupted_run(
     relaunched_keep_steps: Record, point: str
 ) -> None:
-    full, epochs = relaunched_keep_steps["full"], RELAUNCH["epochs"]
-    marks = [pick_marks(run["marks"], RELAUNCH_EPOCH)[point] for run in full]
-    resumed = relaunched_keep_steps["resumed"][point]
-    assert_relaunched_run_equals_full_run(full, resumed, marks, epochs)
+    _check_relaunched(relaunched_keep_steps, point)
