@@ -22,9 +22,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from sweep import (  # noqa: E402
     ABLATIONS,
+    CONTROL,
     DEFAULT,
     FAMILIES,
     FULL,
+    KEEP_STEPS,
     MATCHED,
     SETA_DEFAULT,
     STEP_LIMITED_TASKS,
@@ -188,12 +190,10 @@ def largest_lossless(
 
 
 # ---------------------------------------------------------------------------------- tables
-def regime_map_table(
-    runs: list[dict[str, Any]], task: str, spec: dict[str, Any], setups: Sequence[Setting]
-) -> list[str]:
+def regime_map_table(runs: list[dict[str, Any]], task: str, spec: dict[str, Any]) -> list[str]:
     """Per number of epochs: full data, and InfoBatch, the fewer-epochs control and
     ``keep_steps`` against it (paired by seed), each with its saving."""
-    full_key, (default, control, keep) = FULL.key, setups[1:4]
+    full_key = FULL.key
     configs = [(spec["settings"], spec["seeds"])]
     configs += [(s, spec["epoch_sweep"]["seeds"]) for s in spec["epoch_sweep"]["settings"]]
     rows = []
@@ -203,7 +203,7 @@ def regime_map_table(
         if not full:
             continue
         cells = []
-        for setting in (default, control, keep):
+        for setting in (DEFAULT, CONTROL, KEEP_STEPS):
             got = by_key.get(setting.key, {})
             if not got:
                 cells.append("-")
@@ -784,7 +784,7 @@ def write_report(
         for name, met, measured in targets(task, summary):
             lines.append(f"| {name} | {'yes' if met else 'no'} | {measured} |")
     maps = [
-        (task, regime_map_table(runs, task, current[task], current[task]["epoch_sweep"]["setups"]))
+        (task, regime_map_table(runs, task, current[task]))
         for task in chosen
         if current[task].get("epoch_sweep", {}).get("settings")
     ]

@@ -354,7 +354,6 @@ def main(argv: list[str] | None = None) -> int:
             "epoch_sweep": {
                 "settings": [settings_of(c, sizes) for c in epoch_configs],
                 "seeds": EPOCH_SWEEP_SEEDS.get(dataset, 0),
-                "setups": EPOCH_SWEEP_SETTINGS,
             },
         }
         if args.report_only:
