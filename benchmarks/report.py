@@ -75,8 +75,14 @@ COLORS = {
 STEP_LIMITED_FILES = {
     "step_limited.json": (
         "peak learning rate 0.1 (the best for full data at 8 epochs)",
-        "python benchmarks/step_limited.py --mnist-dir ../shared/data/mnist --threads 1 "
-        "--epochs 4 8 16 --seeds $(seq 0 19) --modes full infobatch control keep_steps",
+        "S='python benchmarks/step_limited.py --mnist-dir ../shared/data/mnist --threads 1'\n"
+        "$S --epochs 4 8 16 --seeds $(seq 0 19) --modes full infobatch control keep_steps "
+        "dynamic_random orderdp_matched orderdp_matched_keep_steps repb ies\n"
+        "$S --epochs 32 --seeds $(seq 0 13) --modes full infobatch control keep_steps\n"
+        "$S --epochs 4 8 16 --seeds $(seq 0 9) --modes r_0.7_keep_steps orderdp_paper "
+        "late_start saving_budget_0.3\n"
+        "$S --epochs 4 8 16 --seeds $(seq 0 5) --modes full_half_batch delta_0.75 r_0.3 "
+        "no_rescale infobatch_sized_once dynamic_random_keep_steps",
     ),
     "step_limited_ddp.json": (
         "2 processes (torchrun, gloo) with gradient accumulation 2: micro-batches of 64, 256 "
