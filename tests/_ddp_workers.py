@@ -680,7 +680,7 @@ def train_with_accumulation(
         "counters": dict(counters),
         "parameters": model_parameters(run),
         "scores": run.dataset.scores.clone(),
-        "history": [s.as_dict() for s in run.dataset.history],
+        "history": [s.as_dict(timing=False) for s in run.dataset.history],
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from infobatch import InfoBatch, InfoBatchSampler
 from tests.helpers import IndexedDataset, loss_of
@@ -156,3 +156,24 @@ def test_asking_len_after_the_last_epoch_does_not_count_an_extra_epoch() -> None
     assert len(loader) == 4  # epoch 3 is planned (full data, past num_epochs) ...
     assert [s.epoch for s in dataset.history] == [0, 1, 2]  # ... but not counted
     assert (dataset.saved_fraction, dataset.get_pruned_count()) == (saved, pruned)
+
+
+def test_batches_are_fetched_through_the_wrapped_datasets_getitems() -> None:
+    """The loader fetches a batch with one ``__getitems__`` call: the wrapped dataset's own
+    when it has one (a ``Subset``), else item by item; the batches are the same either way."""
+    base = TensorDataset(torch.arange(40.0), torch.arange(40))
+    calls: list[list[int]] = []
+
+    class Counted(torch.utils.data.Subset):  # type: ignore[type-arg]
+        def __getitems__(self, indices: list[int]) -> list[Any]:
+            calls.append(list(indices))
+            return super().__getitems__(indices)
+
+    for inner, counted in ((base, False), (Counted(base, list(range(40))), True)):
+        dataset = InfoBatch(inner, num_epochs=2, seed=3)
+        assert dataset.__getitems__([4, 1]) == [inner[4], inner[1]]
+        batches = list(DataLoader(dataset, batch_size=16, sampler=dataset.sampler))
+        order = [int(i) for x, _ in batches for i in x]
+        assert sorted(order) == list(range(40)) and [len(x) for x, _ in batches] == [16, 16, 8]
+        if counted:
+            assert [len(c) for c in calls] == [2, 16, 16, 8]

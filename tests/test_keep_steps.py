@@ -170,7 +170,9 @@ def test_a_run_resumed_mid_epoch_cuts_the_rest_of_the_epoch_at_the_same_places(
     assert joined == expected
     assert done_losses + rest_losses == expected_losses
     assert torch.equal(resumed.scores, straight.scores)
-    assert repr(resumed.history) == repr(straight.history)  # nan thresholds compare by repr
+    assert repr([s.as_dict(timing=False) for s in resumed.history]) == repr(
+        [s.as_dict(timing=False) for s in straight.history]
+    )  # nan thresholds compare by repr
 
 
 def test_a_checkpoint_with_other_keep_steps_is_refused() -> None:

@@ -8,7 +8,9 @@ from .distributed import Collectives, PendingReduce, TorchCollectives
 from .errors import InfoBatchError
 from .iterations import iterations
 from .lifecycle import EpochLifecycle, Phase
+from .metrics import METRICS, epoch_metrics, log_epoch, log_history
 from .plan import EpochPlan, build_plan
+from .plot import plot_history
 from .regime import ShortScheduleWarning
 from .rng import epoch_generator
 from .rule import KEPT, PRUNED, UPWEIGHTED, KeepAll, PruningRule, Selection, SoftPruning
@@ -17,6 +19,7 @@ from .sampling import WeightedSampling, class_balanced_weights
 from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable
 from .stats import EpochStats
+from .timing import EpochClock, EpochTiming, timed_batches
 
 __version__ = "0.2.0"
 
@@ -29,13 +32,16 @@ __all__ = [
     "EpochContext",
     "EpochLifecycle",
     "EpochPlan",
+    "EpochClock",
     "EpochStats",
+    "EpochTiming",
     "InfoBatch",
     "InfoBatchError",
     "InfoBatchSampler",
     "IterationSchedule",
     "KEPT",
     "KeepAll",
+    "METRICS",
     "PRUNED",
     "PendingReduce",
     "Phase",
@@ -52,6 +58,11 @@ __all__ = [
     "build_plan",
     "class_balanced_weights",
     "epoch_generator",
+    "epoch_metrics",
     "iterations",
+    "log_epoch",
+    "log_history",
+    "plot_history",
+    "timed_batches",
     "__version__",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar, cast
 
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
@@ -18,6 +19,7 @@ from .stats import EpochStats
 __all__ = ["InfoBatch"]
 
 T_co = TypeVar("T_co", covariant=True)
+B = TypeVar("B")
 
 
 class InfoBatch(Dataset[T_co], Generic[T_co]):
@@ -59,6 +61,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         rank: int | None = None,
         rule: PruningRule | EpochAwareRule | None = None,
         collectives: Collectives | None = None,
+        class_labels: Tensor | Sequence[int] | None = None,
     ) -> None:
         if isinstance(dataset, IterableDataset):
             raise TypeError(
@@ -92,10 +95,21 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
             rank=rank,
             rule=rule,
             collectives=collectives,
+            class_labels=class_labels,
         )
 
     def __getitem__(self, index: int) -> T_co:
         return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]) -> list[T_co]:
+        """A batch's items in one call (the ``DataLoader`` fetches batches this way): the
+        wrapped dataset's own ``__getitems__`` when it has one, else one lookup per index
+        without a call through this wrapper for each."""
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if callable(getitems):
+            return cast("list[T_co]", getitems(indices))
+        dataset = self.dataset
+        return [dataset[index] for index in indices]
 
     def __len__(self) -> int:
         """Size of the wrapped dataset (the loader's length comes from :attr:`sampler`)."""
@@ -128,6 +142,11 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
     ) -> Tensor:
         """Record per-sample losses, return the weighted mean (:meth:`InfoBatchSampler.update`)."""
         return self._sampler.update(loss, indices=indices, score=score, valid=valid)
+
+    def timed(self, batches: Iterable[B]) -> Iterator[B]:
+        """Iterate the training loader, timing the wait for batches
+        (:meth:`InfoBatchSampler.timed`): ``for x, y in dataset.timed(loader)``."""
+        return self._sampler.timed(batches)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration train ``epoch`` (:meth:`InfoBatchSampler.set_epoch`)."""

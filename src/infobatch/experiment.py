@@ -49,6 +49,7 @@ __all__ = [
     "build_model",
     "default_config",
     "train",
+    "Training",
     "evaluate",
     "score_histogram",
 ]
@@ -369,6 +370,10 @@ class RunResult:
         test_accuracy_per_epoch: test accuracy after each epoch (empty if not evaluated).
         train_loss_per_epoch: mean weighted training loss of each epoch.
         score_snapshots: score histograms with the threshold at the requested epochs.
+        seconds_per_epoch: ``train_seconds`` of each epoch.
+        time_accounting: ``train_seconds`` split into ``planning`` (InfoBatch's epoch plans),
+            ``data`` (waiting for batches), ``update`` (inside ``update()``) and ``steps``
+            (forward, backward, optimizer: the rest), summed over the epochs.
     """
 
     test_accuracy: float
@@ -381,6 +386,8 @@ class RunResult:
     train_loss_per_epoch: list[float]
     test_accuracy_per_epoch: list[float] = field(default_factory=list)
     score_snapshots: list[dict[str, Any]] = field(default_factory=list)
+    seconds_per_epoch: list[float] = field(default_factory=list)
+    time_accounting: dict[str, float] = field(default_factory=dict)
 
     @property
     def saved_fraction(self) -> float:
@@ -435,6 +442,186 @@ def _warm_up(splits: Splits, config: TrainConfig) -> None:
         optimizer.step()
 
 
+class Training:
+    """One run of :func:`train`, an epoch at a time (so two runs can be interleaved).
+
+    ``Training(splits, config, seed=..., ...)`` takes :func:`train`'s arguments; each
+    :meth:`run_epoch` trains the next epoch and returns its :class:`EpochLog`, and
+    :meth:`result` evaluates the model and returns the :class:`RunResult`.
+    """
+
+    def __init__(
+        self,
+        splits: Splits,
+        config: TrainConfig,
+        *,
+        seed: int,
+        infobatch: bool = True,
+        prune_ratio: float = 0.5,
+        delta: float = 0.875,
+        rule: PruningRule | EpochAwareRule | None = None,
+        score_momentum: float = 0.0,
+        keep_steps: bool = False,
+        eval_each_epoch: bool = False,
+        snapshot_epochs: Sequence[int] = (),
+    ) -> None:
+        self.splits, self.config = splits, config
+        self.eval_each_epoch = eval_each_epoch
+        self.model = build_model(splits.name, seed)
+        self.model.train()
+        train_set = TensorDataset(splits.x_train, splits.y_train)
+        self.num_train = len(train_set)
+        self.pruned_set: InfoBatch[tuple[Tensor, ...]] | None = None
+        self.loader: DataLoader[tuple[Tensor, ...]]
+        if infobatch:
+            with warnings.catch_warnings():  # the benchmark measures this regime itself
+                warnings.simplefilter("ignore", ShortScheduleWarning)
+                self.pruned_set = InfoBatch(
+                    train_set,
+                    config.epochs,
+                    prune_ratio,
+                    delta,
+                    seed=seed,
+                    rule=rule,
+                    score_momentum=score_momentum,
+                    batch_size=config.batch_size,
+                    keep_steps=keep_steps,
+                    class_labels=splits.y_train,
+                )
+            # the generator only seeds the loader's base seed, so the global RNG is not drawn
+            batching: dict[str, Any] = (
+                {"batch_sampler": self.pruned_set.batch_sampler}
+                if keep_steps
+                else {"batch_size": config.batch_size, "sampler": self.pruned_set.sampler}
+            )
+            self.loader = DataLoader(
+                self.pruned_set, **batching, generator=torch.Generator().manual_seed(seed)
+            )
+        else:
+            order = torch.Generator().manual_seed(seed)
+            self.loader = DataLoader(
+                train_set, batch_size=config.batch_size, shuffle=True, generator=order
+            )
+        self.criterion = nn.CrossEntropyLoss(reduction="none")
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.max_lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+        self.snapshot_at = set(snapshot_epochs)
+        self.epoch = 0
+        self.logs: list[EpochLog] = []
+        self.snapshots: list[dict[str, Any]] = []
+        self.train_seconds = self.train_cpu_seconds = self.infobatch_seconds = 0.0
+        self.time_accounting = {"planning": 0.0, "data": 0.0, "update": 0.0, "steps": 0.0}
+        _warm_up(splits, config)
+
+    @property
+    def done(self) -> bool:
+        """Every epoch was trained."""
+        return self.epoch >= self.config.epochs
+
+    def run_epoch(self) -> EpochLog:
+        """Train the next epoch; its log (test accuracy too with ``eval_each_epoch``)."""
+        if self.done:
+            raise RuntimeError(f"all {self.config.epochs} epochs were trained")
+        epoch, config, pruned_set = self.epoch, self.config, self.pruned_set
+        started, cpu_started = time.perf_counter(), time.process_time()
+        steps = len(self.loader)  # InfoBatch plans the epoch here, so the length is exact
+        planned = time.perf_counter()
+        not_training = not_training_cpu = 0.0
+        if pruned_set is not None:
+            plan = pruned_set.sampler.plan
+            if epoch in self.snapshot_at and plan is not None:
+                snapshot_cpu = time.process_time()
+                self.snapshots.append(
+                    {"epoch": epoch, **score_histogram(pruned_set.scores, plan.threshold)}
+                )
+                not_training = time.perf_counter() - planned  # the snapshot is not training
+                not_training_cpu = time.process_time() - snapshot_cpu
+        scheduler = OneCycleLR(
+            self.optimizer,
+            max_lr=config.max_lr,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            last_epoch=epoch * steps - 1,
+        )
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        batches = pruned_set.timed(self.loader) if pruned_set is not None else self.loader
+        waited = 0.0
+        iterator = iter(batches)
+        while True:
+            fetch = time.perf_counter()
+            try:
+                x, y = next(iterator)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - fetch
+            per_sample = self.criterion(self.model(x), y)
+            loss = pruned_set.update(per_sample) if pruned_set is not None else per_sample.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            self.optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+        seconds = time.perf_counter() - started - not_training
+        self.train_seconds += seconds
+        self.train_cpu_seconds += time.process_time() - cpu_started - not_training_cpu
+        if pruned_set is not None:
+            stats = pruned_set.history[epoch]
+            num_kept = stats.num_kept
+            self.infobatch_seconds += stats.planning_seconds + stats.update_seconds
+            accounting = {
+                "planning": stats.planning_seconds,
+                "data": stats.data_seconds,
+                "update": stats.update_seconds,
+            }
+        else:
+            num_kept = self.num_train
+            accounting = {"planning": 0.0, "data": waited, "update": 0.0}
+        accounting["steps"] = seconds - sum(accounting.values())
+        for name, value in accounting.items():
+            self.time_accounting[name] += value
+        accuracy = None
+        if self.eval_each_epoch:
+            accuracy = evaluate(
+                self.model, self.splits.x_test, self.splits.y_test, config.eval_batch_size
+            )
+        log = EpochLog(
+            epoch, num_kept, self.num_train, float(loss_sum) / max(steps, 1), seconds, accuracy
+        )
+        self.logs.append(log)
+        self.epoch += 1
+        return log
+
+    def result(self) -> RunResult:
+        """Final test accuracy and everything measured (after the last epoch)."""
+        accuracies = [log.test_accuracy for log in self.logs if log.test_accuracy is not None]
+        final = (
+            accuracies[-1]
+            if accuracies and len(accuracies) == len(self.logs)
+            else evaluate(
+                self.model, self.splits.x_test, self.splits.y_test, self.config.eval_batch_size
+            )
+        )
+        return RunResult(
+            test_accuracy=final,
+            sample_passes=sum(log.num_kept for log in self.logs),
+            full_passes=self.config.epochs * self.num_train,
+            train_seconds=self.train_seconds,
+            train_cpu_seconds=self.train_cpu_seconds,
+            infobatch_seconds=self.infobatch_seconds,
+            kept_per_epoch=[log.num_kept for log in self.logs],
+            train_loss_per_epoch=[log.train_loss for log in self.logs],
+            test_accuracy_per_epoch=accuracies,
+            score_snapshots=self.snapshots,
+            seconds_per_epoch=[log.seconds for log in self.logs],
+            time_accounting=dict(self.time_accounting),
+        )
+
+
 def train(
     splits: Splits,
     config: TrainConfig,
@@ -454,7 +641,8 @@ def train(
 
     With ``infobatch=False`` the loader is a plain shuffled ``DataLoader`` (the full-data
     baseline). Otherwise the training set is wrapped with ``InfoBatch(..., rule=rule)`` and the
-    loop is the three-line usage. The learning rate follows ``OneCycleLR`` stepped per batch,
+    loop is the three-line usage (iterating ``dataset.timed(loader)``, so the statistics hold
+    the wait for batches). The learning rate follows ``OneCycleLR`` stepped per batch,
     re-created each epoch with ``steps_per_epoch=len(loader)`` (exact with InfoBatch), so the
     schedule follows training progress and ends exactly for every policy.
 
@@ -477,116 +665,21 @@ def train(
             distribution and threshold are recorded (InfoBatch only).
         on_epoch (callable, optional): called with an :class:`EpochLog` after each epoch.
     """
-    model = build_model(splits.name, seed)
-    model.train()
-    train_set = TensorDataset(splits.x_train, splits.y_train)
-    num_train = len(train_set)
-    pruned_set: InfoBatch[tuple[Tensor, ...]] | None = None
-    if infobatch:
-        with warnings.catch_warnings():  # the benchmark measures this regime itself
-            warnings.simplefilter("ignore", ShortScheduleWarning)
-            pruned_set = InfoBatch(
-                train_set,
-                config.epochs,
-                prune_ratio,
-                delta,
-                seed=seed,
-                rule=rule,
-                score_momentum=score_momentum,
-                batch_size=config.batch_size,
-                keep_steps=keep_steps,
-            )
-        # the generator only seeds the loader's base seed, so the global RNG is not drawn from
-        batching: dict[str, Any] = (
-            {"batch_sampler": pruned_set.batch_sampler}
-            if keep_steps
-            else {"batch_size": config.batch_size, "sampler": pruned_set.sampler}
-        )
-        loader: DataLoader[tuple[Tensor, ...]] = DataLoader(
-            pruned_set, **batching, generator=torch.Generator().manual_seed(seed)
-        )
-    else:
-        order = torch.Generator().manual_seed(seed)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=order)
-    criterion = nn.CrossEntropyLoss(reduction="none")
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.max_lr,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=config.weight_decay,
+    run = Training(
+        splits,
+        config,
+        seed=seed,
+        infobatch=infobatch,
+        prune_ratio=prune_ratio,
+        delta=delta,
+        rule=rule,
+        score_momentum=score_momentum,
+        keep_steps=keep_steps,
+        eval_each_epoch=eval_each_epoch,
+        snapshot_epochs=snapshot_epochs,
     )
-    snapshot_at = set(snapshot_epochs)
-    kept: list[int] = []
-    losses: list[float] = []
-    accuracies: list[float] = []
-    snapshots: list[dict[str, Any]] = []
-    train_seconds = train_cpu_seconds = infobatch_seconds = 0.0
-    _warm_up(splits, config)
-    for epoch in range(config.epochs):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        steps = len(loader)  # InfoBatch plans the epoch here, so the length is exact
-        planned = time.perf_counter()
-        not_training = not_training_cpu = 0.0
-        if pruned_set is not None:
-            infobatch_seconds += planned - started
-            plan = pruned_set.sampler.plan
-            if epoch in snapshot_at and plan is not None:
-                snapshot_cpu = time.process_time()
-                snapshots.append(
-                    {"epoch": epoch, **score_histogram(pruned_set.scores, plan.threshold)}
-                )
-                not_training = time.perf_counter() - planned  # the snapshot is not training
-                not_training_cpu = time.process_time() - snapshot_cpu
-        scheduler = OneCycleLR(
-            optimizer,
-            max_lr=config.max_lr,
-            epochs=config.epochs,
-            steps_per_epoch=steps,
-            last_epoch=epoch * steps - 1,
-        )
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        in_update = 0.0
-        for x, y in loader:
-            per_sample = criterion(model(x), y)
-            if pruned_set is not None:
-                before = time.perf_counter()
-                loss = pruned_set.update(per_sample)
-                in_update += time.perf_counter() - before
-            else:
-                loss = per_sample.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()
-        seconds = time.perf_counter() - started - not_training
-        train_seconds += seconds
-        train_cpu_seconds += time.process_time() - cpu_started - not_training_cpu
-        infobatch_seconds += in_update
-        num_kept = pruned_set.history[epoch].num_kept if pruned_set is not None else num_train
-        kept.append(num_kept)
-        losses.append(float(loss_sum) / max(steps, 1))
-        accuracy = None
-        if eval_each_epoch:
-            accuracy = evaluate(model, splits.x_test, splits.y_test, config.eval_batch_size)
-            accuracies.append(accuracy)
+    while not run.done:
+        log = run.run_epoch()
         if on_epoch is not None:
-            on_epoch(EpochLog(epoch, num_kept, num_train, losses[-1], seconds, accuracy))
-    final = (
-        accuracies[-1]
-        if accuracies
-        else evaluate(model, splits.x_test, splits.y_test, config.eval_batch_size)
-    )
-    return RunResult(
-        test_accuracy=final,
-        sample_passes=sum(kept),
-        full_passes=config.epochs * num_train,
-        train_seconds=train_seconds,
-        train_cpu_seconds=train_cpu_seconds,
-        infobatch_seconds=infobatch_seconds,
-        kept_per_epoch=kept,
-        train_loss_per_epoch=losses,
-        test_accuracy_per_epoch=accuracies,
-        score_snapshots=snapshots,
-    )
+            on_epoch(log)
+    return run.result()

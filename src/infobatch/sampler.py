@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
-from typing import Any, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -41,8 +41,10 @@ from .rule import PruningRule, SoftPruning
 from .sampling import WeightedSampling
 from .schedule import AnnealingSchedule, IterationSchedule
 from .scores import ScoreTable, warn_unrecorded
-from .stats import EpochStats, saved_fraction, with_epoch
+from .stats import ClassCounts, EpochStats, class_counts, saved_fraction, with_epoch
+from .timing import EpochClock, timed_batches
 from .validation import (
+    check_class_labels,
     check_flag,
     check_indices,
     check_keep_steps,
@@ -58,6 +60,7 @@ logger = logging.getLogger("infobatch")
 
 _YIELD_CHUNK = 1 << 16
 IndexLike = Union[Tensor, Sequence[int]]
+T = TypeVar("T")
 
 
 class InfoBatchSampler(Sampler[int]):
@@ -110,6 +113,9 @@ class InfoBatchSampler(Sampler[int]):
             trains this many batches per rank, passes over the pruned data back to back (see
             :func:`infobatch.iterations`), and a pass is pruned only if it starts before
             ``delta * num_iterations`` iterations. Give it with ``num_epochs=None``.
+        class_labels (Tensor or sequence of int, optional): each sample's class (``>= 0``),
+            so :attr:`history` counts the passes kept and pruned per class
+            (:attr:`EpochStats.kept_per_class`, ``pruned_per_class``). Default: ``None``.
 
     .. warning::
         Call :meth:`update` exactly once per batch, in the order the loader yields batches
@@ -146,6 +152,7 @@ class InfoBatchSampler(Sampler[int]):
         rank: int | None = None,
         rule: PruningRule | EpochAwareRule | None = None,
         collectives: Collectives | None = None,
+        class_labels: Tensor | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int):
@@ -233,11 +240,16 @@ class InfoBatchSampler(Sampler[int]):
         self._batch_sampler: EpochBatchSampler | None = None
         self._plan_fresh = True  # no score changed since the plan was made
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
+        self._share_weights = torch.empty(0, dtype=torch.float32)
+        self._share_unique = False
         self._history: dict[int, EpochStats] = {}
         self._resumed_epoch: int | None = None  # set by load_state_dict until training goes on
         self._side_passes = 0  # iterations open beside the pass training the epoch
         self._nonfinite_total = 0
         self._saturated_total = 0
+        self._clock = EpochClock()
+        self._labels, self._num_classes = check_class_labels(class_labels, num_samples)
+        self._class_counts: ClassCounts | None = None
 
     # ------------------------------------------------------------------ public state
     @property
@@ -374,6 +386,7 @@ class InfoBatchSampler(Sampler[int]):
         if remaining == 0 or self._batches.pass_is_empty(remaining):
             self._record_stats()  # an epoch that keeps no sample (or drop_last drops all)
             life.complete()
+            self._finish_timing()
         return self._generate(pass_number, life.start, self._share_cpu)
 
     def end_epoch(self) -> None:
@@ -388,6 +401,7 @@ class InfoBatchSampler(Sampler[int]):
         """
         if self._life.end_early():
             self._start_merge()
+            self._finish_timing()
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration train ``epoch`` (as with ``DistributedSampler``).
@@ -425,6 +439,7 @@ class InfoBatchSampler(Sampler[int]):
 
     def _generate(self, pass_number: int, start: int, share: Tensor) -> Iterator[int]:
         life, position, finished = self._life, start, False
+        self._clock.first_index()
         try:
             for chunk in torch.split(share[start:], _YIELD_CHUNK):
                 for index in chunk.tolist():
@@ -441,6 +456,7 @@ class InfoBatchSampler(Sampler[int]):
     def _move_to_epoch(self, epoch: int) -> None:
         """End the current epoch (its scores merged across ranks) and plan ``epoch``."""
         self._end_epoch()
+        planning_started = self._clock.planning_started()
         self._settle()
         self._plan = None  # free the previous plan before the next one is built
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
@@ -459,6 +475,7 @@ class InfoBatchSampler(Sampler[int]):
         self._install(plan, position=0)
         if self._merge is not None:
             self._merge.planned(plan_digest(plan, self._scores.values))
+        self._clock.planning_ended(planning_started)
 
     def _context(self, epoch: int) -> EpochContext:
         schedule = self.schedule
@@ -482,7 +499,17 @@ class InfoBatchSampler(Sampler[int]):
         self._plan_fresh = True
         self._share = plan.share(self.rank, self.num_replicas)
         self._share_cpu = self._share.cpu()
+        self._share_weights = plan.weights_of(self._share)  # float32, in training order
+        # Each sample at most once in this rank's share (a user's draws may repeat a sample,
+        # and padding does when fewer samples are kept than there are ranks): its scores may
+        # then be recorded a batch of batches at a time.
+        self._share_unique = self.sampling is None and plan.num_kept >= self.num_replicas
         self._life.planned(plan.epoch, self._share.numel(), position)
+        self._class_counts = (
+            class_counts(self._labels, plan, self._num_classes)
+            if self._labels is not None
+            else None
+        )
         if self.keep_steps:
             self._batches.layout = self.batch_layout
 
@@ -527,7 +554,26 @@ class InfoBatchSampler(Sampler[int]):
 
     def _record_stats(self) -> None:
         if self._plan is not None:
-            self._history = with_epoch(self._history, self._plan)
+            self._history = with_epoch(self._history, self._plan, self._class_counts)
+
+    def _finish_timing(self) -> None:
+        """The epoch is complete: put its time accounting in its statistics."""
+        timing = self._clock.finish()
+        stats = self._history.get(self._life.epoch)
+        if stats is not None:
+            self._history[stats.epoch] = stats.with_timing(timing)
+
+    def timed(self, batches: Iterable[T]) -> Iterator[T]:
+        """Iterate ``batches`` (the training loader), counting the time spent waiting for
+        each batch in the epoch's :attr:`EpochStats.data_seconds`::
+
+            for x, y in dataset.timed(loader):
+                ...
+
+        Optional: without it, ``data_seconds`` is ``nan`` and the wait is part of
+        :attr:`EpochStats.training_seconds`.
+        """
+        return timed_batches(batches, self._clock)
 
     # ------------------------------------------------------------------ losses in
     def update(
@@ -557,6 +603,7 @@ class InfoBatchSampler(Sampler[int]):
                 sample (it keeps its previous one, silently) and gives its loss weight 0 (e.g.
                 a sequence with no target token). The mean still divides by the batch size.
         """
+        began = self._clock.clock()
         batch = check_update_inputs(loss, score, valid)
         life, plan = self._life, self._plan
         life.check_update(planned=plan is not None, side_pass_open=self._side_passes > 0)
@@ -587,23 +634,30 @@ class InfoBatchSampler(Sampler[int]):
         if life.receive(batch):
             self._record_stats()
         accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
-        weights = plan.weights_of(batch_indices, accumulate)
+        in_plan_order = indices is None
+        if in_plan_order and accumulate == torch.float32:
+            weights = self._share_weights[start:end]  # a view: made once per epoch
+        else:
+            weights = plan.weights_of(batch_indices, accumulate)
         if valid is not None:
-            weights.masked_fill_(~valid.to(weights.device), 0.0)
+            weights = weights.masked_fill(~valid.to(weights.device), 0.0)
         self._scores.record(
             batch_indices,
             score if score is not None else loss,
             valid,
             iteration=self._iterations_done - 1,  # this batch's 0-based iteration
+            defer=in_plan_order and self._share_unique,
         )
         self._plan_fresh = False
         terms = loss.to(accumulate)
         if valid is not None:  # a masked-out loss (e.g. 0/0 = nan) must not reach the result
             terms = torch.where(valid.to(terms.device), terms, 0.0)
         weighted = (terms * weights).sum() / batch
+        self._clock.add_update(began)
         if self._batches.ends_epoch(end, life.length):
             life.complete()
             self._start_merge()
+            self._finish_timing()
         return weighted.to(loss.dtype)
 
     def _move_to(self, device: torch.device, plan: EpochPlan) -> EpochPlan:
@@ -611,6 +665,7 @@ class InfoBatchSampler(Sampler[int]):
         self._scores.to(device)
         self._plan = plan.to(device)
         self._share = self._share.to(device)
+        self._share_weights = self._share_weights.to(device)
         if self._merge is not None and self._merge.digest is not None:
             self._merge.digest = self._merge.digest.to(device)
         return self._plan
@@ -760,6 +815,7 @@ class InfoBatchSampler(Sampler[int]):
     def __getstate__(self) -> dict[str, Any]:
         """Picklable copy (for ``spawn`` workers): tensors on CPU, no process group."""
         self._finish_merge()
+        self._scores.flush()  # the copy below shares the table's tensors
         state = self.__dict__.copy()
         state["_collectives"] = None
         state["_merge"] = None
@@ -770,6 +826,7 @@ class InfoBatchSampler(Sampler[int]):
             state["_scores"] = scores
             state["_plan"] = self._plan.to(torch.device("cpu")) if self._plan else None
             state["_share"] = self._share.cpu()
+            state["_share_weights"] = self._share_weights.cpu()
         return state
 
     def __repr__(self) -> str:

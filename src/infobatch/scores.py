@@ -10,13 +10,18 @@ from torch import Tensor
 __all__ = ["ScoreTable", "warn_unrecorded"]
 
 _FLOAT32_MAX = torch.finfo(torch.float32).max
+#: Deferred batches recorded together (see :meth:`ScoreTable.record`).
+_MAX_PENDING = 64
 
 
 class ScoreTable:
     """Latest score per sample, 4 bytes a sample, living on the device of the losses.
 
     Recording never synchronises host and device: non-finite scores are skipped and counted in
-    a device tensor that is read once per epoch (:meth:`pop_counts`).
+    a device tensor that is read once per epoch (:meth:`pop_counts`). A batch recorded with
+    ``defer=True`` is only queued (no tensor operation); queued batches are recorded together,
+    in one vectorised pass, every ``64`` batches and before anything reads the table, so a
+    reader never sees the difference.
 
     Under several ranks (``track_updates=True``) the table has two parts: :attr:`values`, the
     table as of the last cross-rank merge (the same on every rank), and a local part holding
@@ -59,7 +64,8 @@ class ScoreTable:
             )
         self.momentum = float(momentum)
         self.num_samples = num_samples
-        self.values = torch.full((num_samples,), float("nan"), dtype=torch.float32)
+        self._values = torch.full((num_samples,), float("nan"), dtype=torch.float32)
+        self._pending: list[tuple[Tensor, Tensor]] = []  # deferred (indices, scores)
         self._finite = torch.zeros((), dtype=torch.int64)  # finite scores received (on device)
         self._saturated = torch.zeros((), dtype=torch.int64)  # float64 scores beyond float32
         self._invalid = torch.zeros((), dtype=torch.int64)  # entries marked not valid
@@ -69,7 +75,7 @@ class ScoreTable:
             if track_updates
             else None
         )
-        self.local_dirty = False  # scores were recorded (or loaded) into the local part
+        self._local_dirty = False  # scores were recorded (or loaded) into the local part
         self.iterations: Tensor | None = (
             torch.full((num_samples,), -1, dtype=torch.int32) if track_iterations else None
         )
@@ -77,11 +83,34 @@ class ScoreTable:
     @property
     def device(self) -> torch.device:
         """Where the table lives."""
-        return self.values.device
+        return self._values.device
+
+    @property
+    def values(self) -> Tensor:
+        """Every sample's score as of the last cross-rank merge (float32, ``nan``: unscored)."""
+        self.flush()
+        return self._values
+
+    @values.setter
+    def values(self, values: Tensor) -> None:
+        self.flush()
+        self._values = values
+
+    @property
+    def local_dirty(self) -> bool:
+        """Scores were recorded (or loaded) into the local part since the last merge."""
+        self.flush()
+        return self._local_dirty
+
+    @local_dirty.setter
+    def local_dirty(self, dirty: bool) -> None:
+        self.flush()
+        self._local_dirty = dirty
 
     @property
     def buffer(self) -> Tensor:
         """The local part followed by the spare slots (what the merge reduces, in place)."""
+        self.flush()
         if self._buffer is None:
             raise RuntimeError("this ScoreTable was built without track_updates=True")
         return self._buffer
@@ -93,7 +122,8 @@ class ScoreTable:
 
     def to(self, device: torch.device) -> None:
         """Move the table (in place) to ``device``."""
-        self.values = self.values.to(device)
+        self.flush()
+        self._values = self._values.to(device)
         self._finite = self._finite.to(device)
         self._saturated = self._saturated.to(device)
         self._invalid = self._invalid.to(device)
@@ -115,6 +145,7 @@ class ScoreTable:
         scores: Tensor,
         valid: Tensor | None = None,
         iteration: int | None = None,
+        defer: bool = False,
     ) -> None:
         """Store ``scores`` (any float dtype) for ``indices``; non-finite scores are skipped.
 
@@ -124,10 +155,37 @@ class ScoreTable:
 
         Finite scores beyond float32's range (possible in float64) are stored as the largest
         float32 of their sign and counted (:meth:`pop_counts`), never dropped silently.
+
+        ``defer=True`` queues the batch (recorded at the next :meth:`flush`): only for indices
+        that no other queued batch holds (the caller's promise: each sample once per epoch),
+        and ignored with ``valid``, iteration tracking or float64 scores.
         """
         if self.iterations is not None and iteration is None:
             raise ValueError("this ScoreTable tracks iterations: give record(iteration=)")
         scores = scores.detach()
+        if defer and valid is None and self.iterations is None and scores.dtype != torch.float64:
+            self._pending.append((indices, scores))
+            if len(self._pending) >= _MAX_PENDING:
+                self.flush()
+            return
+        self.flush()
+        self._record_now(indices, scores, valid, iteration)
+
+    def flush(self) -> None:
+        """Record the queued batches, all in one vectorised pass."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if len(pending) == 1:
+            indices, scores = pending[0]
+        else:
+            indices = torch.cat([i for i, _ in pending])
+            scores = torch.cat([s for _, s in pending])  # mixed float dtypes are promoted
+        self._record_now(indices, scores, None, None)
+
+    def _record_now(
+        self, indices: Tensor, scores: Tensor, valid: Tensor | None, iteration: int | None
+    ) -> None:
         if scores.device != self.device:
             scores = scores.to(self.device)
         finite = torch.isfinite(scores)
@@ -140,7 +198,7 @@ class ScoreTable:
             self._saturated.add_(torch.count_nonzero(big))
             scores = scores.clamp(-_FLOAT32_MAX, _FLOAT32_MAX)
         scores = scores.to(torch.float32)
-        previous = self.values.index_select(0, indices)
+        previous = self._values.index_select(0, indices)
         local_previous: Tensor | None = None
         if self._buffer is not None:
             local_previous = self.local.index_select(0, indices)
@@ -150,10 +208,10 @@ class ScoreTable:
             average = previous * self.momentum + scores * (1.0 - self.momentum)
             scores = torch.where(torch.isnan(previous), scores, average)
         if local_previous is None:
-            self.values.index_put_((indices,), torch.where(finite, scores, previous))
+            self._values.index_put_((indices,), torch.where(finite, scores, previous))
         else:
             self.local.index_put_((indices,), torch.where(finite, scores, local_previous))
-            self.local_dirty = True
+            self._local_dirty = True
         self._finite.add_(torch.count_nonzero(finite))
         self._received += scores.numel()
         if self.iterations is not None and iteration is not None:
@@ -184,6 +242,7 @@ class ScoreTable:
     @property
     def has_counts(self) -> bool:
         """Scores were recorded since the last :meth:`pop_counts`."""
+        self.flush()
         return self._received > 0
 
     def pop_counts(self) -> tuple[int, int]:
@@ -191,6 +250,7 @@ class ScoreTable:
 
         One host-device synchronisation; call it once per epoch.
         """
+        self.flush()
         counters = torch.stack([self._finite, self._saturated, self._invalid])
         finite, saturated, invalid = (int(v) for v in counters.tolist())
         nonfinite = self._received - finite - invalid
@@ -205,7 +265,7 @@ class ScoreTable:
         keep = torch.eq(reduced, float("-inf"))
         torch.where(keep, self.values, reduced, out=self.values)
         self.local.fill_(float("-inf"))
-        self.local_dirty = False
+        self._local_dirty = False
 
     def local_entries(self) -> tuple[Tensor, Tensor]:
         """This rank's unmerged scores as ``(indices int64, scores float32)`` on the CPU."""
@@ -215,6 +275,7 @@ class ScoreTable:
 
     def load_local(self, indices: Tensor, scores: Tensor) -> None:
         """Restore :meth:`local_entries` output (a checkpoint's)."""
+        self.flush()
         if indices.shape != scores.shape or indices.ndim != 1:
             raise ValueError("InfoBatch state 'unmerged' must hold 1-d indices and scores")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_samples):
@@ -224,10 +285,11 @@ class ScoreTable:
         local = self.local
         local.fill_(float("-inf"))
         local.index_put_((indices.to(self.device),), scores.to(self.device, torch.float32))
-        self.local_dirty = True
+        self._local_dirty = True
 
     def load(self, values: Tensor) -> None:
         """Replace all scores (a checkpoint's), keeping the table's device."""
+        self.flush()
         if values.shape != self.values.shape:
             raise ValueError(
                 f"checkpoint holds {values.numel()} scores but the dataset has "
@@ -236,7 +298,7 @@ class ScoreTable:
         self.values = values.detach().to(device=self.device, dtype=torch.float32).clone()
         if self._buffer is not None:
             self.local.fill_(float("-inf"))
-        self.local_dirty = False
+        self._local_dirty = False
 
 
 def warn_unrecorded(epoch: int, nonfinite: int, saturated: int) -> None:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .timing import EpochTiming
 
 if TYPE_CHECKING:
     from .plan import EpochPlan
 
-__all__ = ["EpochStats", "saved_fraction", "with_epoch"]
+__all__ = [
+    "EpochStats",
+    "TIMING_FIELDS",
+    "ClassCounts",
+    "class_counts",
+    "saved_fraction",
+    "with_epoch",
+]
+
+#: Sample passes kept and pruned per class in one epoch (``pruned`` is ``None`` under a
+#: user's sampling, whose draws are not kept).
+ClassCounts = tuple[tuple[int, ...], "tuple[int, ...] | None"]
 
 logger = logging.getLogger("infobatch")
 
@@ -30,6 +47,15 @@ class EpochStats:
         pruning: ``False`` for full-data epochs: annealing ones, and those planned before
             any sample was scored (epoch 0), see :attr:`EpochPlan.pruning`.
         saved_fraction: sample passes saved versus full data, cumulative up to this epoch.
+        planning_seconds, data_seconds, update_seconds, epoch_seconds,
+            between_epochs_seconds: this rank's time accounting of the epoch (see
+            :class:`~infobatch.timing.EpochTiming`; ``nan`` until the epoch is complete, and
+            for what was not measured). They differ between ranks and runs, so they take no
+            part in comparing two ``EpochStats`` nor in their ``repr`` (see :meth:`as_dict`).
+        kept_per_class: sample passes trained per class (index = class label), when
+            InfoBatch was given ``class_labels``; else ``None``.
+        pruned_per_class: sample passes skipped per class, when InfoBatch was given
+            ``class_labels`` (``None`` under ``sampling=``: the skipped draws are not kept).
     """
 
     epoch: int
@@ -42,10 +68,56 @@ class EpochStats:
     weight: float
     pruning: bool
     saved_fraction: float
+    planning_seconds: float = field(default=math.nan, compare=False, repr=False)
+    data_seconds: float = field(default=math.nan, compare=False, repr=False)
+    update_seconds: float = field(default=math.nan, compare=False, repr=False)
+    epoch_seconds: float = field(default=math.nan, compare=False, repr=False)
+    between_epochs_seconds: float = field(default=math.nan, compare=False, repr=False)
+    kept_per_class: tuple[int, ...] | None = None
+    pruned_per_class: tuple[int, ...] | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict (for JSON, loggers, checkpoints)."""
-        return asdict(self)
+    def __post_init__(self) -> None:
+        for name in ("kept_per_class", "pruned_per_class"):  # lists from JSON or a checkpoint
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+
+    @property
+    def training_seconds(self) -> float:
+        """``epoch_seconds`` less the wait for batches (when measured) and ``update()``: the
+        loop's forward, backward and optimizer steps (``nan`` until the epoch is complete)."""
+        data = 0.0 if math.isnan(self.data_seconds) else self.data_seconds
+        return self.epoch_seconds - data - self.update_seconds
+
+    def with_timing(self, timing: EpochTiming) -> EpochStats:
+        """These statistics with ``timing``'s time accounting."""
+        return replace(self, **asdict(timing))
+
+    def as_dict(self, *, timing: bool = True) -> dict[str, Any]:
+        """Plain dict (for JSON, loggers, checkpoints); ``timing=False`` leaves out the time
+        accounting (:data:`TIMING_FIELDS`), e.g. to compare two runs."""
+        values = asdict(self)
+        if not timing:
+            for name in TIMING_FIELDS:
+                del values[name]
+        return values
+
+
+#: The :class:`EpochStats` fields of the time accounting (they differ between runs).
+TIMING_FIELDS = tuple(f.name for f in fields(EpochTiming))
+
+
+def class_counts(labels: Tensor, plan: EpochPlan, num_classes: int) -> ClassCounts:
+    """Sample passes of ``plan`` kept and pruned per class of ``labels`` (int64 ``[N]``).
+
+    O(N) vectorised; one host copy of ``num_classes`` numbers each (made when planning).
+    """
+    labels = labels.to(plan.order.device)
+    kept = torch.bincount(labels.index_select(0, plan.order.long()), minlength=num_classes)
+    if plan.epoch_size is not None:  # a user's sampling: the draws not kept are gone
+        return tuple(kept.tolist()), None
+    total = torch.bincount(labels, minlength=num_classes)
+    return tuple(kept.tolist()), tuple((total - kept).tolist())
 
 
 def saved_fraction(history: list[EpochStats]) -> float:
@@ -54,8 +126,11 @@ def saved_fraction(history: list[EpochStats]) -> float:
     return sum(s.num_pruned for s in history) / total if total else 0.0
 
 
-def with_epoch(history: dict[int, EpochStats], plan: EpochPlan) -> dict[int, EpochStats]:
-    """``history`` up to ``plan``'s epoch, plus that epoch's statistics (logged at INFO).
+def with_epoch(
+    history: dict[int, EpochStats], plan: EpochPlan, per_class: ClassCounts | None = None
+) -> dict[int, EpochStats]:
+    """``history`` up to ``plan``'s epoch, plus that epoch's statistics (logged at INFO), with
+    ``per_class`` (:func:`class_counts` of the plan) when given.
 
     Later epochs are dropped: training went back to ``plan.epoch`` (``set_epoch``).
     """
@@ -73,6 +148,8 @@ def with_epoch(history: dict[int, EpochStats], plan: EpochPlan) -> dict[int, Epo
         weight=plan.weight,
         pruning=plan.pruning,
         saved_fraction=pruned / total,
+        kept_per_class=per_class[0] if per_class is not None else None,
+        pruned_per_class=per_class[1] if per_class is not None else None,
     )
     logger.info(
         "epoch %d: kept %d of %d samples (pruned %d, well-learned %d, threshold %.6g, "

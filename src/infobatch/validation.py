@@ -137,6 +137,28 @@ def check_update_inputs(loss: Any, score: Any, valid: Any) -> int:
     return batch
 
 
+def check_class_labels(labels: Any, num_samples: int) -> tuple[Tensor | None, int]:
+    """``labels`` as an ``int64`` CPU tensor of one class per sample, and the number of
+    classes (its maximum plus one); ``(None, 0)`` for ``None``."""
+    if labels is None:
+        return None, 0
+    tensor = torch.as_tensor(labels).detach().cpu()
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(
+            f"class_labels must hold integer class labels, got dtype {tensor.dtype}; pass one "
+            "int per sample, e.g. torch.as_tensor(train_set.targets)"
+        )
+    if tensor.shape != (num_samples,):
+        raise ValueError(
+            f"class_labels has shape {tuple(tensor.shape)} but the dataset has {num_samples} "
+            "samples; give one class label per sample"
+        )
+    low = int(tensor.min())
+    if low < 0:
+        raise ValueError(f"class_labels must be >= 0, got {low}; give class indices 0..C-1")
+    return tensor.to(torch.int64), int(tensor.max()) + 1
+
+
 def check_sampling(sampling: Any, num_samples: int) -> Any:
     """``sampling`` if it is ``None`` or a ``WeightedSampling`` with one weight per sample."""
     from .sampling import WeightedSampling

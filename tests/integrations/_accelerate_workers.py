@@ -180,7 +180,7 @@ def run_loop(out_dir: Path, config: dict[str, Any]) -> Record:
         trained=dict(record["trained"]),
         losses=dict(record["losses"]),
         steps=dict(record["steps"]),
-        history=[s.as_dict() for s in dataset.history],
+        history=[s.as_dict(timing=False) for s in dataset.history],
         final_lr=optimizer.param_groups[0]["lr"],
         final_scores=dataset.scores.clone(),
         params={

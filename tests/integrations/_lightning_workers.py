@@ -274,7 +274,7 @@ def run_lightning(out_dir: Path, config: dict[str, Any]) -> Record:
         "trained": dict(record["trained"]),
         "losses": dict(record["losses"]),
         "steps": dict(record["steps"]),
-        "history": [s.as_dict() for s in module.infobatch.history],
+        "history": [s.as_dict(timing=False) for s in module.infobatch.history],
         "saved_fraction": module.infobatch.saved_fraction,
         "final_lr": optimizer.param_groups[0]["lr"],
         "final_momentum": optimizer.param_groups[0]["momentum"],

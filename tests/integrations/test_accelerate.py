@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,6 +160,58 @@ def test_prepare_loader_rejects_other_loaders() -> None:
     dataset = InfoBatch(Blobs(10), 2, drop_last=True)
     with pytest.raises(ValueError, match="drop_last"):
         prepare_loader(accelerator, DataLoader(dataset, sampler=dataset.sampler))
+
+
+def test_log_stats_writes_each_epoch_to_accelerates_tensorboard_tracker(tmp_path: Path) -> None:
+    """A real Accelerator with a TensorBoard tracker, a timed loop with accumulation: the
+    event file holds each epoch's epoch_metrics at its index, and the epoch's last, shorter
+    group still steps through ``dataset.timed(loader)``."""
+    from accelerate import Accelerator
+
+    from infobatch import METRICS, epoch_metrics
+    from infobatch.integrations.accelerate import log_stats, prepare_loader
+
+    from .._tensorboard import read_scalars
+
+    torch.set_num_threads(1)
+    accelerator = Accelerator(
+        cpu=True, gradient_accumulation_steps=2, log_with="tensorboard", project_dir=str(tmp_path)
+    )
+    accelerator.init_trackers("infobatch")
+    dataset: InfoBatch[Any] = InfoBatch(Blobs(30), 3, delta=0.67, seed=0)
+    loader = prepare_loader(accelerator, DataLoader(dataset, batch_size=4, sampler=dataset.sampler))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    logged, steps = [], []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        steps.append(0)
+        for batch in dataset.timed(loader):
+            with accelerator.accumulate(model):
+                losses = torch.nn.functional.cross_entropy(
+                    model(batch["x"]), batch["y"], reduction="none"
+                )
+                accelerator.backward(dataset.update(losses, indices=batch["index"]))
+                steps[-1] += int(accelerator.sync_gradients)
+                optimizer.step()
+                optimizer.zero_grad()
+        logged.append(log_stats(accelerator, dataset))
+    accelerator.end_training()
+
+    history = dataset.history
+    assert steps == [math.ceil(math.ceil(s.num_kept / 4) / 2) for s in history]
+    assert logged == [epoch_metrics(s) for s in history]
+    assert all("infobatch/time/data" in m for m in logged)  # the timed loop
+    scalars = read_scalars(tmp_path)
+    assert set(scalars) == set().union(*logged) and set(scalars) <= set(METRICS)
+    for name, events in scalars.items():
+        expected = [(s.epoch, m[name]) for s, m in zip(history, logged) if name in m]
+        assert [step for step, _ in events] == [step for step, _ in expected]
+        assert [value for _, value in events] == [np.float32(v) for _, v in expected]
+    with pytest.raises(TypeError, match="needs an accelerate.Accelerator"):
+        log_stats(object(), dataset)
 
 
 # ---------------------------------------------------------------------- stop and relaunch

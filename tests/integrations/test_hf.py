@@ -18,7 +18,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from infobatch import InfoBatch, InfoBatchError, ShortScheduleWarning  # noqa: E402
+from infobatch import (  # noqa: E402
+    METRICS,
+    EpochStats,
+    InfoBatch,
+    InfoBatchError,
+    ShortScheduleWarning,
+    epoch_metrics,
+)
 from infobatch.integrations.hf import STATE_FILE  # noqa: E402
 
 from ._common import (  # noqa: E402
@@ -121,8 +128,59 @@ def test_trainer_learning_rate_schedule_completes(causal: Record) -> None:
 
 def test_trainer_logs_the_saved_fraction(causal: Record) -> None:
     run = causal["full"]
+    assert None not in run["saved_fraction_logged"]  # in every training log
     assert run["saved_fraction_logged"][-1] == pytest.approx(run["saved_fraction"], abs=1e-6)
     assert 0 < run["saved_fraction"] < 0.5
+    assert not [e for e in run["log_history"] if "infobatch_saved_fraction" in e]  # renamed
+
+
+def _epoch_logs(run: Record) -> list[Record]:
+    return [e for e in run["log_history"] if "infobatch/num_kept" in e]
+
+
+def test_trainer_logs_each_epochs_statistics_once(causal: Record) -> None:
+    """logging_steps=1: each completed epoch's statistics are a log of their own, at the
+    epoch's last step, equal to the history (every name of METRICS, nan left out)."""
+    run = causal["full"]
+    logs = _epoch_logs(run)
+    assert [e["infobatch/epoch"] for e in logs] == list(range(EPOCHS))
+    ends = [sum(run["steps"][e] for e in range(epoch + 1)) for epoch in range(EPOCHS)]
+    assert [e["step"] for e in logs] == ends
+    for entry, stats in zip(logs, run["history"]):
+        names = {k for k in entry if k.startswith("infobatch/")}
+        assert names <= set(METRICS)
+        # Equal to the history (the record's leaves the times out, which differ between runs)
+        expected = epoch_metrics(EpochStats(**stats))
+        assert {k: entry[k] for k in names if "/time/" not in k} == expected
+        assert ("infobatch/threshold" in entry) == stats["pruning"]
+        assert {"infobatch/time/epoch", "infobatch/time/update", "infobatch/time/training"} < names
+        assert 0 < entry["infobatch/time/data"] < entry["infobatch/time/epoch"]  # timed loader
+        assert "loss" not in entry  # the Trainer's step logs are left as they were
+    # A run resumed mid-epoch 2 logs the epochs it completes (the resumed one included) after
+    # the checkpoint's log history (epochs 0 and 1).
+    resumed = _epoch_logs(causal["resumed"]["middle"])
+    assert [e["infobatch/epoch"] for e in resumed] == list(range(EPOCHS))
+    assert resumed[:2] == logs[:2]
+    for entry, full in zip(resumed[2:], logs[2:]):
+        same = {k: v for k, v in full.items() if k.startswith("infobatch/") and "/time/" not in k}
+        assert {k: entry[k] for k in same} == same
+
+
+@pytest.mark.parametrize("strategy", ["epoch", "no"])
+def test_trainer_epoch_statistics_follow_the_logging_strategy(
+    tmp_path: Path, strategy: str
+) -> None:
+    config = {"epochs": 2, "delta": 0.5, "num_samples": 24, "args": {"logging_strategy": strategy}}
+    run = run_trainer(tmp_path, config)
+    logs = _epoch_logs(run)
+    if strategy == "no":
+        assert logs == []
+        return
+    # Merged into the Trainer's own epoch-end log: one entry per epoch, with the loss.
+    training = [e for e in run["log_history"] if "loss" in e]
+    assert logs == training and len(logs) == 2
+    assert [e["infobatch/epoch"] for e in logs] == [0, 1]
+    assert [e["infobatch/num_kept"] for e in logs] == [h["num_kept"] for h in run["history"]]
 
 
 @pytest.mark.parametrize("point", ["boundary", "middle"])

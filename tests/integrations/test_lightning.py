@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("lightning")
 
-from infobatch import InfoBatchError  # noqa: E402
+from infobatch import METRICS, EpochStats, InfoBatchError, epoch_metrics  # noqa: E402
 from infobatch.integrations.progress import full_data_steps  # noqa: E402
 
 from ._common import (  # noqa: E402
@@ -126,34 +126,59 @@ def test_lightning_resume_reproduces_the_uninterrupted_run(ranks: list[Record], 
         assert not [w for w in resumed["warnings"] if "not resumable" in w]
 
 
+TIMES = {name for name in METRICS if name.startswith("infobatch/time/")}
+
+
+def _same_on_every_rank(metrics: dict[str, float]) -> dict[str, float]:
+    """The logged values that are global (the times are each rank's own)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("infobatch/time/")}
+
+
 def test_lightning_callback_logs_each_epochs_statistics_without_sync_dist_warning(
     ranks: list[Record],
 ) -> None:
-    names = {
-        "infobatch/saved_fraction": "saved_fraction",
-        "infobatch/num_kept": "num_kept",
-        "infobatch/num_pruned": "num_pruned",
-        "infobatch/pruning": "pruning",
-        "infobatch/weight": "weight",
-    }
     for rank_result in ranks:
         full = rank_result["full"]
         logged = full["logged"]  # what this rank's loggers received, once per epoch
         assert [int(m["epoch"]) for m in logged] == list(range(EPOCHS))
         for metrics, stats in zip(logged, full["history"]):
-            assert {k: metrics[k] for k in names} == {k: float(stats[v]) for k, v in names.items()}
+            # The whole epoch_metrics set (METRICS, nan left out), equal to the history
+            # (float64, exact; the record's history leaves the times out)
+            assert set(metrics) - {"epoch"} <= set(METRICS)
+            assert _same_on_every_rank(metrics) == {
+                "epoch": stats["epoch"],
+                **epoch_metrics(EpochStats(**stats)),
+            }
+            assert ("infobatch/threshold" in metrics) == stats["pruning"]
+            times = {k for k in metrics if k.startswith("infobatch/time/")}
+            assert times == TIMES - (
+                {"infobatch/time/between_epochs"} if stats["epoch"] == 0 else set()
+            )
+            # The loader timed the wait for batches; the epoch's timing was complete.
+            assert 0 < metrics["infobatch/time/data"] < metrics["infobatch/time/epoch"]
+            assert metrics["infobatch/time/training"] == pytest.approx(
+                metrics["infobatch/time/epoch"]
+                - metrics["infobatch/time/data"]
+                - metrics["infobatch/time/update"]
+            )
         assert logged[-1]["infobatch/saved_fraction"] == full["saved_fraction"] > 0
         assert [m["infobatch/pruning"] for m in logged] == [0.0, 1.0, 1.0, 0.0]  # epoch 0: none
-        assert logged == ranks[0]["full"]["logged"]  # the same on every rank
+        assert [_same_on_every_rank(m) for m in logged] == [
+            _same_on_every_rank(m) for m in ranks[0]["full"]["logged"]
+        ]
         assert not [w for w in full["warnings"] if "sync_dist" in w]
         # A run resumed mid-epoch logs the same statistics for the epochs it trains.
         resumed = rank_result["resumed"]["middle"]
-        assert resumed["logged"] == logged[-len(resumed["logged"]) :]
-    # Rank 0's CSVLogger wrote them (float64, exact).
+        assert [_same_on_every_rank(m) for m in resumed["logged"]] == [
+            _same_on_every_rank(m) for m in logged[-len(resumed["logged"]) :]
+        ]
+    # Rank 0's CSVLogger wrote them (float64, exact); a name an epoch left out is empty.
     with open(ranks[0]["full"]["csv"], newline="") as file:
         rows = [row for row in csv.DictReader(file) if row.get("infobatch/num_kept")]
-    assert [{k: float(row[k]) for k in names} for row in rows] == [
-        {k: m[k] for k in names} for m in ranks[0]["full"]["logged"]
+    columns = {k for k in rows[0] if k.startswith("infobatch/")}
+    assert columns == set(METRICS)
+    assert [{k: float(row[k]) for k in columns if row[k]} for row in rows] == [
+        {k: v for k, v in m.items() if k != "epoch"} for m in ranks[0]["full"]["logged"]
     ]
 
 

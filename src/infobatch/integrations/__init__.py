@@ -2,7 +2,8 @@
 
 * :mod:`infobatch.integrations.hf`: ``InfoBatchTrainer``, a Hugging Face ``Trainer``
   (``pip install "infobatch[hf]"``).
-* :mod:`infobatch.integrations.accelerate`: a loader helper for plain Accelerate loops
+* :mod:`infobatch.integrations.accelerate`: a loader helper, a checkpoint wrapper and
+  ``log_stats`` (the statistics on ``accelerator.log``) for plain Accelerate loops
   (``pip install "infobatch[hf]"``).
 * :mod:`infobatch.integrations.lightning`: a Lightning callback
   (``pip install "infobatch[lightning]"``).

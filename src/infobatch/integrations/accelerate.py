@@ -1,4 +1,5 @@
-"""InfoBatch in a plain Hugging Face Accelerate loop: a loader helper and a checkpoint wrapper.
+"""InfoBatch in a plain Hugging Face Accelerate loop: a loader helper, a checkpoint wrapper and
+the statistics on ``accelerator.log``.
 
 ``accelerator.prepare(loader)`` shards a loader's batches across processes. The InfoBatch
 sampler already gives each rank its own share, so a prepared loader would shard it a second
@@ -9,10 +10,12 @@ batches moved to the accelerator's device, and the end of each epoch known to
 and no gradient leaks into the next epoch). Usage::
 
     from infobatch import InfoBatch
-    from infobatch.integrations.accelerate import AllRanksState, prepare_loader
+    from infobatch.integrations.accelerate import AllRanksState, log_stats, prepare_loader
     from infobatch.integrations.progress import ProgressLR, SamplerProgress, full_data_steps
 
-    accelerator = Accelerator(gradient_accumulation_steps=4)
+    accelerator = Accelerator(gradient_accumulation_steps=4, log_with="tensorboard",
+                              project_dir="runs")        # trackers: optional, for log_stats
+    accelerator.init_trackers("infobatch")
     dataset = InfoBatch(train_set, num_epochs, seed=0)           # after Accelerator(): rank-aware
     loader = prepare_loader(accelerator, DataLoader(dataset, batch_size=32,
                                                     sampler=dataset.sampler, collate_fn=...))
@@ -26,12 +29,13 @@ and no gradient leaks into the next epoch). Usage::
 
     for epoch in range(dataset.epoch, num_epochs):
         loader.set_epoch(epoch)                        # Accelerate does not restore its counter
-        for batch in loader:
+        for batch in dataset.timed(loader):            # timed: optional, the data wait's time
             with accelerator.accumulate(model):
                 losses = per_sample_loss(model(batch["x"]), batch["y"])   # shape [batch]
                 loss = dataset.update(losses, indices=batch["index"])
                 accelerator.backward(loss)
                 optimizer.step(); scheduler.step(); optimizer.zero_grad()
+        log_stats(accelerator, dataset)                # the epoch's infobatch/... on the trackers
 
 ``indices=`` is optional (without it the losses are matched to the plan by position, which a
 prepared loader's one-batch look-ahead does not disturb). A schedule driven by
@@ -39,6 +43,12 @@ prepared loader's one-batch look-ahead does not disturb). A schedule driven by
 epochs are shorter, resumes with the sampler's checkpointed position, and makes the prepared
 scheduler's extra steps harmless (Accelerate steps it once per process unless
 ``split_batches``): every step re-evaluates the same position.
+
+:func:`log_stats` hands the last epoch's :func:`~infobatch.epoch_metrics` (``infobatch/...``,
+the names of :data:`infobatch.METRICS`) to ``accelerator.log`` at the epoch's index as step:
+every tracker of ``log_with`` gets them, written by the main process. Iterating
+``dataset.timed(loader)`` adds the data wait (``infobatch/time/data``); a prepared loader
+still reports the epoch's end to ``accelerator.accumulate`` through it.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from ..dataset import InfoBatch
+from ..metrics import StatsSource, epoch_metrics, last_epoch
 from ..sampler import InfoBatchSampler
 from ._loader import infobatch_sampler_of, load_rank_state, rank_states
 
@@ -59,7 +70,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         'pip install "infobatch[hf]"'
     ) from error
 
-__all__ = ["AllRanksState", "prepare_loader"]
+__all__ = ["AllRanksState", "log_stats", "prepare_loader"]
 
 
 def prepare_loader(accelerator: Any, loader: DataLoader[Any]) -> DataLoader[Any]:
@@ -108,6 +119,32 @@ def prepare_loader(accelerator: Any, loader: DataLoader[Any]) -> DataLoader[Any]
         non_blocking=accelerator.non_blocking,
     )
     return prepared
+
+
+def log_stats(accelerator: Any, dataset: StatsSource, step: int | None = None) -> dict[str, float]:
+    """``accelerator.log`` the last epoch's statistics (:func:`~infobatch.epoch_metrics`).
+
+    Call it on every process after an epoch's loop (Accelerate's trackers write on the main
+    process only; the times logged are the main process's). ``nan`` values are left out.
+
+    Args:
+        accelerator (accelerate.Accelerator): the run's accelerator, with trackers
+            (``Accelerator(log_with=...)`` and ``accelerator.init_trackers(name)``).
+        dataset (InfoBatch, InfoBatchSampler, history or EpochStats): whose last epoch to log.
+        step (int, optional): the trackers' step. Default: the epoch's index.
+
+    Returns:
+        The metrics logged (``{name: value}``).
+    """
+    if not callable(getattr(accelerator, "log", None)):
+        raise TypeError(
+            f"log_stats() needs an accelerate.Accelerator (its log method), got "
+            f"{type(accelerator).__name__}; for a SummaryWriter use infobatch.log_epoch"
+        )
+    stats = last_epoch(dataset)
+    metrics = epoch_metrics(stats)
+    accelerator.log(metrics, step=stats.epoch if step is None else step)
+    return metrics
 
 
 class AllRanksState:

@@ -39,7 +39,15 @@ What the subclass does, through the Trainer's documented override points only (n
   loads it before training, and the resumed run continues the same epoch plans, at an epoch
   boundary or mid-epoch. ``ignore_data_skip`` is set on the Trainer's copy of the arguments:
   the sampler resumes at its own position, the Trainer must not skip batches.
-* ``log``: adds ``infobatch_saved_fraction`` (sample passes saved so far) to the logs.
+* ``log``: adds ``infobatch/saved_fraction`` (sample passes saved so far) to every log, and
+  each completed epoch's statistics once (:func:`~infobatch.epoch_metrics`: the names of
+  :data:`infobatch.METRICS`, kept, pruned, threshold, weight, time accounting...; ``nan``
+  values left out) at the Trainer's end of that epoch: merged into the Trainer's own
+  epoch-end log with ``logging_strategy="epoch"``, as a log of their own with ``"steps"``
+  (whatever ``logging_steps``, so no epoch is missed), not at all with ``"no"``. They reach
+  ``state.log_history`` and every ``report_to`` integration. The loader times the wait for
+  batches (``infobatch/time/data``); the times are each process's own, the reporting
+  integrations write the main process's.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..dataset import InfoBatch
 from ..errors import InfoBatchError
+from ..lifecycle import Phase
+from ..metrics import epoch_metrics
 from .losses import IGNORE_INDEX, PerSampleLoss, causal_lm_loss, sequence_classification_loss
 from .progress import ProgressLR, SamplerProgress, epochs_of
 
@@ -210,7 +220,7 @@ class _EpochLoader:
                 "per-device batch size, number of processes and dataset"
             )
         self.next_epoch = epoch + 1
-        yield from self.loader
+        yield from sampler.timed(self.loader)  # the wait for batches: the epoch's data_seconds
 
 
 class _InfoBatchCallback(TrainerCallback):  # type: ignore[misc]
@@ -224,6 +234,7 @@ class _InfoBatchCallback(TrainerCallback):  # type: ignore[misc]
         state.epoch = progress.fraction * epochs_of(progress.sampler)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._infobatch_epoch_ended()
         loader = self.trainer._infobatch_loader
         if loader is not None and loader.finished:
             control.should_training_stop = True
@@ -316,6 +327,8 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         self._infobatch_loader: _EpochLoader | None = None
         self._infobatch_next_epoch = self.infobatch.epoch
         self._infobatch_task: str | None = None
+        self._infobatch_logged_epoch: int | None = None  # the last epoch whose stats were logged
+        self._infobatch_pending: dict[str, float] | None = None  # for the next log
         self.add_callback(_InfoBatchCallback(self))
 
     def _wrap(
@@ -625,7 +638,28 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ logs
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The Trainer's logs, plus ``infobatch_saved_fraction`` while training."""
+        """The Trainer's logs, plus ``infobatch/saved_fraction`` and, once per completed
+        epoch, that epoch's statistics (see the module docstring)."""
+        if self._infobatch_pending is not None:
+            logs.update(self._infobatch_pending)
+            self._infobatch_pending = None
         if self.infobatch.history:
-            logs["infobatch_saved_fraction"] = round(self.infobatch.saved_fraction, 6)
+            logs["infobatch/saved_fraction"] = self.infobatch.saved_fraction
         super().log(logs, start_time)
+
+    def _infobatch_epoch_ended(self) -> None:
+        """At the Trainer's epoch end: log the InfoBatch epoch just completed (once)."""
+        sampler = self.infobatch.sampler
+        epoch = sampler.epoch
+        if sampler.phase is not Phase.COMPLETE or epoch == self._infobatch_logged_epoch:
+            return
+        stats = next((s for s in sampler.history if s.epoch == epoch), None)
+        if stats is None:
+            return
+        self._infobatch_logged_epoch = epoch
+        strategy = str(getattr(self.args.logging_strategy, "value", self.args.logging_strategy))
+        if strategy == "no":
+            return
+        self._infobatch_pending = epoch_metrics(stats)
+        if strategy != "epoch":  # "epoch": the Trainer's own log follows at once and takes them
+            self.log({})

@@ -58,18 +58,20 @@ Why each piece (Lightning 2.6, measured):
   ``overfit_batches``, ``fast_dev_run``, ``max_steps``, a step-interval scheduler other than
   :class:`ProgressLR` (for OneCycle, :func:`~infobatch.integrations.progress.one_cycle`).
 * At each training epoch's end the callback logs that epoch's statistics through the module's
-  loggers (``pl_module.log_dict``, epoch level): ``infobatch/saved_fraction`` (sample passes
-  saved so far), ``infobatch/num_kept``, ``infobatch/num_pruned``, ``infobatch/pruning``
-  (1 or 0) and ``infobatch/weight`` (see :class:`~infobatch.EpochStats`), as float64, so they
-  equal ``sampler.history`` exactly. They are identical on every rank, so nothing is reduced
-  across ranks and Lightning's "use sync_dist=True" warning does not apply (see
-  :meth:`InfoBatchCallback.on_train_epoch_end`). ``InfoBatchCallback(log_stats=False)`` turns
-  it off.
+  loggers (``pl_module.log_dict``, epoch level): every name of :data:`infobatch.METRICS`
+  (kept, pruned, scored, well-learned, threshold, weight, pruning, saved so far, and the
+  epoch's time accounting under ``infobatch/time/...``, see
+  :func:`~infobatch.epoch_metrics`; ``nan`` values, such as a full-data epoch's threshold, are
+  left out), as float64, so they equal ``sampler.history`` exactly. The loader times the
+  loop's wait for batches (``infobatch/time/data``). Except the times (this rank's), they are
+  identical on every rank, so nothing is reduced across ranks and Lightning's "use
+  sync_dist=True" warning does not apply (see :meth:`InfoBatchCallback.on_train_epoch_end`);
+  the loggers write rank 0's. ``InfoBatchCallback(log_stats=False)`` turns it off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -78,6 +80,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import InfoBatchError
 from ..lifecycle import Phase
+from ..metrics import METRICS, epoch_metrics
 from ..sampler import InfoBatchSampler
 from ._loader import infobatch_sampler_of, load_rank_state, rank_states
 from .progress import LrLambda, OneCycleProgressLR, ProgressLR, SamplerProgress, one_cycle
@@ -99,7 +102,8 @@ class InfoBatchLoader:
     Not a ``DataLoader`` itself, so Lightning leaves its sampler alone; ``sampler`` is the
     InfoBatch sampler (Lightning calls its ``set_epoch`` before each epoch). Its length is the
     current epoch's number of batches, including those trained before a mid-epoch checkpoint
-    this run resumed from.
+    this run resumed from. Iterating it times the wait for each batch
+    (:meth:`InfoBatchSampler.timed`: the epoch's ``data_seconds``).
     """
 
     def __init__(self, loader: DataLoader[Any], callback: InfoBatchCallback) -> None:
@@ -132,7 +136,7 @@ class InfoBatchLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self.callback._restore_pending()
-        return iter(self.loader)
+        return self.sampler.timed(self.loader)
 
     def state_dict(self) -> dict[str, int]:
         """Where the sampler resumes: ``{"epoch": e, "position": p}``.
@@ -171,14 +175,9 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
             through the module's loggers at its end. Default: ``True``.
     """
 
-    #: Names of the logged statistics, as ``{metric name: EpochStats attribute}``.
-    LOGGED: ClassVar[dict[str, str]] = {
-        "infobatch/saved_fraction": "saved_fraction",
-        "infobatch/num_kept": "num_kept",
-        "infobatch/num_pruned": "num_pruned",
-        "infobatch/pruning": "pruning",
-        "infobatch/weight": "weight",
-    }
+    #: Names of the logged statistics, as ``{metric name: EpochStats attribute}``
+    #: (:data:`infobatch.METRICS`; an epoch's ``nan`` values are left out).
+    LOGGED: ClassVar[Mapping[str, str]] = METRICS
 
     def __init__(self, *, log_stats: bool = True) -> None:
         super().__init__()
@@ -282,14 +281,16 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
             )
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        """Log the epoch's statistics (``infobatch/...``, see the module docstring).
+        """Log the epoch's statistics (:func:`~infobatch.epoch_metrics`, see the module
+        docstring); Lightning calls this after the epoch's last batch, so its time accounting
+        is complete.
 
-        Every rank logs the same values (the plan is global). ``sync_dist=True`` with
-        ``rank_zero_only=True`` tells Lightning not to reduce them and not to warn: Lightning
-        (2.6, ``logger_connector/result.py``) warns at epoch level when a tensor is logged
-        without ``sync_dist`` under a process group, and a ``rank_zero_only`` value's sync is
-        a no-op, so no collective runs. Each rank keeps its (identical) value in
-        ``trainer.callback_metrics``; loggers write on rank 0 as usual.
+        Every rank logs the same values (the plan is global), except the times (each rank's
+        own). ``sync_dist=True`` with ``rank_zero_only=True`` tells Lightning not to reduce
+        them and not to warn: Lightning (2.6, ``logger_connector/result.py``) warns at epoch
+        level when a tensor is logged without ``sync_dist`` under a process group, and a
+        ``rank_zero_only`` value's sync is a no-op, so no collective runs. Each rank keeps its
+        value in ``trainer.callback_metrics``; loggers write on rank 0 as usual.
         """
         sampler = self._sampler
         if not self.log_stats or sampler is None or getattr(trainer, "barebones", False):
@@ -298,8 +299,8 @@ class InfoBatchCallback(Callback):  # type: ignore[misc]
         if stats is None:  # the epoch trained nothing (not started)
             return
         values = {
-            name: torch.tensor(float(getattr(stats, field)), dtype=torch.float64)
-            for name, field in self.LOGGED.items()
+            name: torch.tensor(value, dtype=torch.float64)
+            for name, value in epoch_metrics(stats).items()
         }
         pl_module.log_dict(
             values,
