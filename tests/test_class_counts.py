@@ -127,3 +127,11 @@ def test_deferral_is_ignored_where_it_would_change_the_result() -> None:
     wide = ScoreTable(1)
     wide.record(torch.tensor([0]), torch.tensor([1e300], dtype=torch.float64), defer=True)
     assert wide.pop_counts() == (0, 1)  # float64 beyond float32 is counted as saturated
+
+
+def test_a_queued_batch_is_a_copy_of_the_scores_given() -> None:
+    table = ScoreTable(2)
+    scores = torch.tensor([1.0, 2.0])
+    table.record(torch.tensor([0, 1]), scores, defer=True)
+    scores.mul_(10)  # the caller reuses its tensor before the queue is recorded
+    assert table.values.tolist() == [1.0, 2.0]

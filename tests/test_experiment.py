@@ -348,3 +348,82 @@ def test_step_limited_variants_keep_their_budgets_and_steps() -> None:
     )
     assert "| InfoBatch, keep_steps=True | 31.0% (keep_steps, +0.20 ± 0.05) |" in table
     assert "| IES | none (1 tried) |" in table
+
+
+def _tiny_splits() -> Splits:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 1, 40, generator=generator)
+    y = (x[:, 0, :10].sum(dim=1) > 0).long()
+    return Splits("mnist1d", x[:240], y[:240], x[240:], y[240:])
+
+
+def test_interleave_alternates_which_run_goes_first_and_equals_separate_runs() -> None:
+    from infobatch.experiment import Training, interleave
+
+    splits, config = _tiny_splits(), TrainConfig(epochs=3, batch_size=32)
+    runs = {
+        name: Training(splits, config, seed=1, infobatch=name == "infobatch")
+        for name in ("infobatch", "full")
+    }
+    seen: list[tuple[str, int]] = []
+    results = interleave(runs, on_epoch=lambda name, log: seen.append((name, log.epoch)))
+    assert seen == [("infobatch", 0), ("full", 0), ("full", 1), ("infobatch", 1)] + [
+        ("infobatch", 2),
+        ("full", 2),
+    ]
+    alone = train(splits, config, seed=1)
+    assert results["infobatch"].kept_per_epoch == alone.kept_per_epoch
+    assert results["infobatch"].train_loss_per_epoch == alone.train_loss_per_epoch
+    assert results["full"].sample_passes == 3 * 240
+    accounting = results["infobatch"].time_accounting
+    assert set(accounting) == {"planning", "data", "update", "steps"}
+    assert sum(accounting.values()) == pytest.approx(results["infobatch"].train_seconds)
+    assert all(value > 0 for value in accounting.values())
+
+
+def test_time_saving_takes_the_median_per_sample_pass_ratio_of_the_pairs() -> None:
+    from infobatch.experiment import RunResult, measure_time_saving
+
+    def run(kept: list[int], seconds: list[float]) -> RunResult:
+        return RunResult(
+            test_accuracy=0.9,
+            sample_passes=sum(kept),
+            full_passes=400,
+            train_seconds=sum(seconds),
+            train_cpu_seconds=sum(seconds),
+            infobatch_seconds=0.0,
+            kept_per_epoch=kept,
+            train_loss_per_epoch=[0.0] * len(kept),
+            seconds_per_epoch=seconds,
+        )
+
+    full = run([100] * 4, [1.0, 1.0, 1.0, 1.0])
+    pruned = run([100, 50, 50, 100], [1.1, 0.55, 5.0, 1.1])  # one epoch slowed by a 9x spike
+    saving = measure_time_saving([full], [pruned])
+    assert saving.median_ratio == pytest.approx(1.1) and saving.pairs == 4
+    assert (saving.low_ratio, saving.high_ratio) == pytest.approx((1.1, 10.0))
+    assert saving.passes_saved == pytest.approx(25.0)
+    assert saving.saved == pytest.approx(100 * (1 - 1.1 * 0.75))  # the spike does not count
+    assert saving.total_saved == pytest.approx(100 * (1 - 7.75 / 4))
+    assert saving.follows_passes == pytest.approx(saving.saved / 25.0)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="no offline MNIST copy here")
+def test_wall_clock_benchmark_reports_the_saving_its_accounting_and_the_eval_cost(
+    tmp_path: Path,
+) -> None:
+    wall_clock = _load_module("wall_clock")
+    output = tmp_path / "wall_clock.json"
+    argv = ["--tasks", "mnist_mlp", "--epochs", "2", "--num-train", "1500"]
+    argv += ["--mnist-dir", str(SHARED_MNIST), "--output", str(output)]
+    assert wall_clock.main(argv) == 0
+    (task,) = json.loads(output.read_text())["tasks"]
+    assert task["task"] == "mnist_mlp" and task["pairs"] == 2 and task["num_train"] == 1500
+    assert 0 < task["passes_saved"] < 50  # epoch 1 of 2 prunes
+    low, high = task["ratio_range"]
+    assert low <= task["median_ratio"] <= high
+    assert task["follows"] == pytest.approx(task["time_saved"] / task["passes_saved"])
+    assert all(v >= 0 for v in task["infobatch_ms_per_epoch"].values())
+    assert task["eval_seconds_per_run"] > 0
+    # the evaluation is the same for both runs, so it shrinks the relative saving
+    assert abs(task["saved_with_eval"]) < abs(task["time_saved"])

@@ -179,7 +179,8 @@ def test_zero_ratio_update_equals_plain_mean() -> None:
     for _ in range(3):
         list(sampler)
         loss = torch.rand(16)
-        assert torch.equal(sampler.update(loss), loss.sum() / 16)
+        # the same mean up to the last bit (a dot product with 1/16: another summation order)
+        assert torch.allclose(sampler.update(loss), loss.sum() / 16, rtol=2e-7, atol=0)
         assert sampler.plan is not None and sampler.plan.num_kept == 16
 
 

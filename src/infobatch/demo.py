@@ -27,11 +27,14 @@ from .experiment import (
     EpochLog,
     RunResult,
     Splits,
+    TimeSaving,
     Training,
     default_cache_dir,
     default_config,
+    interleave,
     load_mnist,
     load_mnist1d,
+    measure_time_saving,
 )
 
 __all__ = [
@@ -266,67 +269,10 @@ def _split(report: DemoReport) -> tuple[list[RunResult], list[RunResult]]:
     return full, pruned
 
 
-@dataclass(frozen=True)
-class TimeSaving:
-    """Training time saved, measured on epochs trained in interleaved pairs.
-
-    The demo trains full data and InfoBatch one epoch each in turn (alternating which goes
-    first), so both see the same machine load. Each pair gives the ratio of the time per
-    sample pass, InfoBatch over full data; the saving is taken from the median ratio, so one
-    epoch slowed by another job moves it little.
-
-    Attributes:
-        median_ratio: median over the pairs of the time-per-sample-pass ratio.
-        low_ratio, high_ratio: the smallest and largest ratio (how noisy it was).
-        pairs: number of epoch pairs.
-        saved: training time saved in % (``1 - median_ratio * passes InfoBatch / full``).
-        total_saved: training time saved in %, from the summed times alone.
-        passes_saved: sample passes saved in %.
-    """
-
-    median_ratio: float
-    low_ratio: float
-    high_ratio: float
-    pairs: int
-    saved: float
-    total_saved: float
-    passes_saved: float
-
-    @property
-    def follows_passes(self) -> float:
-        """Time saved over sample passes saved (1: the clock follows the samples exactly)."""
-        return self.saved / self.passes_saved if self.passes_saved else float("nan")
-
-
 def time_saving(report: DemoReport) -> TimeSaving:
-    """The :class:`TimeSaving` of the report's runs (seeds pooled)."""
+    """The :class:`~infobatch.experiment.TimeSaving` of the report's runs (seeds pooled)."""
     full, pruned = _split(report)
-    ratios = [
-        (ib_seconds / ib_kept) / (full_seconds / full_kept)
-        for f, p in zip(full, pruned)
-        for ib_seconds, ib_kept, full_seconds, full_kept in zip(
-            p.seconds_per_epoch, p.kept_per_epoch, f.seconds_per_epoch, f.kept_per_epoch
-        )
-        if ib_kept > 0 and full_seconds > 0
-    ]
-    pass_fraction = statistics.fmean(r.sample_passes for r in pruned) / statistics.fmean(
-        r.sample_passes for r in full
-    )
-    median = statistics.median(ratios) if ratios else float("nan")
-    return TimeSaving(
-        median_ratio=median,
-        low_ratio=min(ratios, default=float("nan")),
-        high_ratio=max(ratios, default=float("nan")),
-        pairs=len(ratios),
-        saved=100 * (1 - median * pass_fraction),
-        total_saved=100
-        * (
-            1
-            - statistics.fmean(r.train_seconds for r in pruned)
-            / statistics.fmean(r.train_seconds for r in full)
-        ),
-        passes_saved=100 * (1 - pass_fraction),
-    )
+    return measure_time_saving(full, pruned)
 
 
 def savings(report: DemoReport) -> tuple[float, float, float]:
@@ -511,8 +457,7 @@ def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> DemoRe
 def _interleaved_runs(
     splits: Splits, config: Any, seed: int, options: DemoOptions
 ) -> dict[str, RunResult]:
-    """Train InfoBatch and full data for ``seed``, one epoch of each in turn (alternating
-    which goes first, so neither always follows the other's evaluation)."""
+    """Train InfoBatch and full data for ``seed``, one epoch of each in turn."""
     runs = {
         policy: Training(
             splits,
@@ -526,16 +471,15 @@ def _interleaved_runs(
         for policy in ("infobatch", "full")
     }
     with _progress_bar(2 * config.epochs, f"seed {seed}", options.progress) as bar:
-        for epoch in range(config.epochs):
-            order = ("infobatch", "full") if epoch % 2 == 0 else ("full", "infobatch")
-            for policy in order:
-                log: EpochLog = runs[policy].run_epoch()
-                bar.set_postfix_str(
-                    f"{_LABELS[policy]}: kept {log.num_kept / log.num_samples:.0%}, "
-                    f"acc {100 * (log.test_accuracy or 0):.1f}%"
-                )
-                bar.update(1)
-    return {policy: run.result() for policy, run in runs.items()}
+
+        def advance(policy: str, log: EpochLog) -> None:
+            bar.set_postfix_str(
+                f"{_LABELS[policy]}: kept {log.num_kept / log.num_samples:.0%}, "
+                f"acc {100 * (log.test_accuracy or 0):.1f}%"
+            )
+            bar.update(1)
+
+        return interleave(runs, on_epoch=advance)
 
 
 def _as_json(report: DemoReport) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from .distributed import (
 from .errors import InfoBatchError
 from .lifecycle import EpochLifecycle, Phase
 from .merge import ScoreMerge, digest_of_state, gather_parts, own_part, plan_digest
-from .plan import EpochPlan, build_plan
+from .plan import UPWEIGHTED, EpochPlan, build_plan
 from .regime import warn_if_short_schedule
 from .rng import epoch_generator
 from .rule import PruningRule, SoftPruning
@@ -240,7 +240,7 @@ class InfoBatchSampler(Sampler[int]):
         self._batch_sampler: EpochBatchSampler | None = None
         self._plan_fresh = True  # no score changed since the plan was made
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
-        self._share_weights = torch.empty(0, dtype=torch.float32)
+        self._share_upweighted = torch.empty(0, dtype=torch.bool)
         self._share_unique = False
         self._history: dict[int, EpochStats] = {}
         self._resumed_epoch: int | None = None  # set by load_state_dict until training goes on
@@ -460,6 +460,7 @@ class InfoBatchSampler(Sampler[int]):
         self._settle()
         self._plan = None  # free the previous plan before the next one is built
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
+        self._share_upweighted = torch.empty(0, dtype=torch.bool)
         prunes = self._rule_prunes and self.schedule.prunes(epoch, self._iterations_done)
         generator = epoch_generator(self.seed, epoch)
         rule: PruningRule | None = None
@@ -499,7 +500,8 @@ class InfoBatchSampler(Sampler[int]):
         self._plan_fresh = True
         self._share = plan.share(self.rank, self.num_replicas)
         self._share_cpu = self._share.cpu()
-        self._share_weights = plan.weights_of(self._share)  # float32, in training order
+        # 1 byte per position: the batch's weights are then one operation on a slice
+        self._share_upweighted = plan.status.index_select(0, self._share) == UPWEIGHTED
         # Each sample at most once in this rank's share (a user's draws may repeat a sample,
         # and padding does when fewer samples are kept than there are ranks): its scores may
         # then be recorded a batch of batches at a time.
@@ -588,8 +590,10 @@ class InfoBatchSampler(Sampler[int]):
 
         The result is ``sum(w_i * loss_i) / batch_size`` in ``loss.dtype``, with ``w_i`` the
         sample's weight this epoch, accumulated in float64 for float64 losses and in float32
-        otherwise. For float16 a weighted mean above 65504 becomes ``inf`` when cast back, as
-        ``loss.mean()`` would (scale the returned loss, e.g. with ``GradScaler``, not before).
+        otherwise (computed as one dot product with the weights ``w_i / batch_size``, so its
+        last bit may differ from that formula evaluated in another order). For float16 a
+        weighted mean above 65504 becomes ``inf`` when cast back, as ``loss.mean()`` would
+        (scale the returned loss, e.g. with ``GradScaler``, not before).
         ``loss`` is not modified. No host-device synchronisation, no collective that waits.
 
         Args:
@@ -635,10 +639,13 @@ class InfoBatchSampler(Sampler[int]):
             self._record_stats()
         accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
         in_plan_order = indices is None
-        if in_plan_order and accumulate == torch.float32:
-            weights = self._share_weights[start:end]  # a view: made once per epoch
+        # Each weight divided by the batch size: the mean is then one dot product (one
+        # autograd node instead of three; a tiny model's backward notices).
+        if in_plan_order and accumulate == torch.float32 and plan.sample_weights is None:
+            upweighted = self._share_upweighted[start:end]
+            weights = torch.where(upweighted, plan.weight / batch, 1.0 / batch)
         else:
-            weights = plan.weights_of(batch_indices, accumulate)
+            weights = plan.weights_of(batch_indices, accumulate).div_(batch)
         if valid is not None:
             weights = weights.masked_fill(~valid.to(weights.device), 0.0)
         self._scores.record(
@@ -652,7 +659,7 @@ class InfoBatchSampler(Sampler[int]):
         terms = loss.to(accumulate)
         if valid is not None:  # a masked-out loss (e.g. 0/0 = nan) must not reach the result
             terms = torch.where(valid.to(terms.device), terms, 0.0)
-        weighted = (terms * weights).sum() / batch
+        weighted = torch.dot(terms, weights)
         self._clock.add_update(began)
         if self._batches.ends_epoch(end, life.length):
             life.complete()
@@ -665,7 +672,7 @@ class InfoBatchSampler(Sampler[int]):
         self._scores.to(device)
         self._plan = plan.to(device)
         self._share = self._share.to(device)
-        self._share_weights = self._share_weights.to(device)
+        self._share_upweighted = self._share_upweighted.to(device)
         if self._merge is not None and self._merge.digest is not None:
             self._merge.digest = self._merge.digest.to(device)
         return self._plan
@@ -826,7 +833,7 @@ class InfoBatchSampler(Sampler[int]):
             state["_scores"] = scores
             state["_plan"] = self._plan.to(torch.device("cpu")) if self._plan else None
             state["_share"] = self._share.cpu()
-            state["_share_weights"] = self._share_weights.cpu()
+            state["_share_upweighted"] = self._share_upweighted.cpu()
         return state
 
     def __repr__(self) -> str:

@@ -164,7 +164,8 @@ class ScoreTable:
             raise ValueError("this ScoreTable tracks iterations: give record(iteration=)")
         scores = scores.detach()
         if defer and valid is None and self.iterations is None and scores.dtype != torch.float64:
-            self._pending.append((indices, scores))
+            # a copy: the caller may change its tensor in place before the queue is recorded
+            self._pending.append((indices, scores.clone()))
             if len(self._pending) >= _MAX_PENDING:
                 self.flush()
             return

@@ -78,21 +78,28 @@ def causal_lm_loss(
         raise ValueError(f"logits must have shape [batch, seq, vocab], got {tuple(logits.shape)}")
     if shift_labels is not None:
         targets = shift_labels
-        scores = logits
     elif labels is not None:
-        targets = labels[:, 1:]
-        scores = logits[:, :-1]
+        # Shift the labels, not the logits (as the models' own loss does): the logits stay
+        # contiguous, so no copy of them is made; the last position gets no target.
+        targets = F.pad(labels[:, 1:], (0, 1), value=ignore_index)
     else:
         raise ValueError("give labels or shift_labels")
-    if targets.shape != scores.shape[:2]:
+    if targets.shape != logits.shape[:2]:
+        given = tuple((labels if shift_labels is None else shift_labels).shape)  # type: ignore[union-attr]
         raise ValueError(
-            f"labels of shape {tuple(targets.shape)} do not match logits of shape "
-            f"{tuple(scores.shape)} (after the shift); give labels of shape [batch, seq]"
+            f"labels of shape {given} do not match logits of shape {tuple(logits.shape)}; "
+            "give labels of shape [batch, seq]"
         )
-    targets = targets.to(scores.device)
+    batch, seq, vocab = logits.shape
+    targets = targets.to(logits.device)
+    # Flat [tokens, vocab] rows: the fast cross-entropy kernel (a [batch, vocab, seq] input
+    # takes a kernel several times slower); 0 at ignored positions.
     token_loss = F.cross_entropy(
-        scores.float().transpose(1, 2), targets, ignore_index=ignore_index, reduction="none"
-    )  # [batch, seq]; 0 at ignored positions
+        logits.float().reshape(batch * seq, vocab),
+        targets.reshape(batch * seq),
+        ignore_index=ignore_index,
+        reduction="none",
+    ).view(batch, seq)
     count = (targets != ignore_index).sum(dim=1)
     valid = count > 0
     loss = token_loss.sum(dim=1) / count.clamp(min=1)
