@@ -285,3 +285,25 @@ def test_a_masked_out_nan_loss_does_not_reach_the_result_or_the_gradients() -> N
     result.backward()
     assert token_losses.grad is not None
     assert torch.isfinite(token_losses.grad[valid]).all()
+
+
+def test_indices_that_are_the_planned_positions_give_the_implicit_result() -> None:
+    """``indices=`` equal to the plan's next positions (what an integration passes) takes the
+    plan-order path; reordered ones are gathered: both record each score on its sample."""
+    implicit, _ = scored_sampler(seed=5)
+    given, _ = scored_sampler(seed=5)
+    shuffled, _ = scored_sampler(seed=5)
+    assert implicit.plan is not None and given.plan is not None
+    order = torch.tensor(list(implicit))
+    list(given), list(shuffled)
+    for start in range(0, len(order), 8):
+        batch = order[start : start + 8]
+        loss = batch.float() / 40 + 0.01
+        expected = implicit.update(loss)
+        assert torch.equal(given.update(loss, indices=batch.long()), expected)
+        flip = torch.arange(len(batch) - 1, -1, -1)
+        assert torch.allclose(
+            shuffled.update(loss[flip], indices=batch[flip]), expected, rtol=2e-7, atol=0
+        )
+    assert torch.equal(implicit.scores, given.scores)
+    assert torch.equal(implicit.scores, shuffled.scores)

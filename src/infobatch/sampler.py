@@ -241,6 +241,8 @@ class InfoBatchSampler(Sampler[int]):
         self._plan_fresh = True  # no score changed since the plan was made
         self._share = self._share_cpu = torch.empty(0, dtype=torch.int64)
         self._share_upweighted = torch.empty(0, dtype=torch.bool)
+        self._share_unweighted = False
+        self._weights_by_batch: dict[int, tuple[Tensor, Tensor]] = {}
         self._share_unique = False
         self._history: dict[int, EpochStats] = {}
         self._resumed_epoch: int | None = None  # set by load_state_dict until training goes on
@@ -502,6 +504,10 @@ class InfoBatchSampler(Sampler[int]):
         self._share_cpu = self._share.cpu()
         # 1 byte per position: the batch's weights are then one operation on a slice
         self._share_upweighted = plan.status.index_select(0, self._share) == UPWEIGHTED
+        self._share_unweighted = plan.sample_weights is None and not bool(
+            self._share_upweighted.any()
+        )
+        self._weights_by_batch = {}
         # Each sample at most once in this rank's share (a user's draws may repeat a sample,
         # and padding does when fewer samples are kept than there are ranks): its scores may
         # then be recorded a batch of batches at a time.
@@ -625,8 +631,16 @@ class InfoBatchSampler(Sampler[int]):
                 length=life.length,
             )
             batch_indices = self._share[start:end]
+            in_plan_order = True
         else:
-            batch_indices = check_indices(indices, batch, self.num_samples, self._scores.device)
+            # Indices given on the CPU that are the plan's next positions (as an integration
+            # passes them) take the plan-order path; others are checked and gathered.
+            in_plan_order = self._are_planned(indices, start, end)
+            batch_indices = (
+                self._share[start:end]
+                if in_plan_order
+                else check_indices(indices, batch, self.num_samples, self._scores.device)
+            )
             if end > life.length:
                 raise InfoBatchError(
                     f"update() received losses for {end} samples in epoch {life.epoch} but "
@@ -638,15 +652,18 @@ class InfoBatchSampler(Sampler[int]):
         if life.receive(batch):
             self._record_stats()
         accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
-        in_plan_order = indices is None
-        # Each weight divided by the batch size: the mean is then one dot product (one
-        # autograd node instead of three; a tiny model's backward notices).
-        if in_plan_order and accumulate == torch.float32 and plan.sample_weights is None:
-            upweighted = self._share_upweighted[start:end]
-            weights = torch.where(upweighted, plan.weight / batch, 1.0 / batch)
+        unweighted = in_plan_order and valid is None and self._share_unweighted
+        weights: Tensor | None = None
+        if unweighted:  # every weight is 1 (epoch 0, annealing): the plain mean
+            pass
+        elif in_plan_order and accumulate == torch.float32 and plan.sample_weights is None:
+            # Each weight divided by the batch size: the mean is then one dot product (one
+            # autograd node instead of three; a tiny model's backward notices).
+            high, low = self._batch_weights(plan, batch)
+            weights = torch.where(self._share_upweighted[start:end], high, low)
         else:
             weights = plan.weights_of(batch_indices, accumulate).div_(batch)
-        if valid is not None:
+        if valid is not None and weights is not None:
             weights = weights.masked_fill(~valid.to(weights.device), 0.0)
         self._scores.record(
             batch_indices,
@@ -656,16 +673,38 @@ class InfoBatchSampler(Sampler[int]):
             defer=in_plan_order and self._share_unique,
         )
         self._plan_fresh = False
-        terms = loss.to(accumulate)
+        terms = loss if loss.dtype == accumulate else loss.to(accumulate)
         if valid is not None:  # a masked-out loss (e.g. 0/0 = nan) must not reach the result
             terms = torch.where(valid.to(terms.device), terms, 0.0)
-        weighted = torch.dot(terms, weights)
+        weighted = terms.mean() if weights is None else torch.dot(terms, weights)
         self._clock.add_update(began)
         if self._batches.ends_epoch(end, life.length):
             life.complete()
             self._start_merge()
             self._finish_timing()
-        return weighted.to(loss.dtype)
+        return weighted if weighted.dtype == loss.dtype else weighted.to(loss.dtype)
+
+    def _are_planned(self, indices: IndexLike, start: int, end: int) -> bool:
+        """``indices`` is a CPU tensor equal to this rank's plan positions ``start:end``."""
+        if not isinstance(indices, Tensor) or indices.device.type != "cpu":
+            return False
+        planned = self._share_cpu[start:end]
+        if indices.shape != planned.shape or indices.dtype not in (torch.int32, torch.int64):
+            return False
+        return torch.equal(indices, planned.to(indices.dtype))
+
+    def _batch_weights(self, plan: EpochPlan, batch: int) -> tuple[Tensor, Tensor]:
+        """The up-weighted and the plain weight divided by ``batch``, as float32 scalars on
+        the plan's device (made once per epoch and batch size)."""
+        pair = self._weights_by_batch.get(batch)
+        if pair is None:
+            device = self._share_upweighted.device
+            pair = (  # filled on the device: no host-to-device copy
+                torch.full((), plan.weight / batch, dtype=torch.float32, device=device),
+                torch.full((), 1.0 / batch, dtype=torch.float32, device=device),
+            )
+            self._weights_by_batch[batch] = pair
+        return pair
 
     def _move_to(self, device: torch.device, plan: EpochPlan) -> EpochPlan:
         """Move scores and the current plan to the losses' device (once); return the plan."""
@@ -673,6 +712,7 @@ class InfoBatchSampler(Sampler[int]):
         self._plan = plan.to(device)
         self._share = self._share.to(device)
         self._share_upweighted = self._share_upweighted.to(device)
+        self._weights_by_batch = {}
         if self._merge is not None and self._merge.digest is not None:
             self._merge.digest = self._merge.digest.to(device)
         return self._plan

@@ -107,6 +107,8 @@ class _Group:
 
     real: int  # leading rows that are samples of the plan (the rest are weight-0 fillers)
     labelled: int  # samples with a label in the whole accumulation group (the divisor)
+    indices: Tensor  # the real rows' dataset indices, on the CPU (checked without a sync)
+    all_labelled: bool  # every real row has a label (update() then needs no valid mask)
 
 
 class _Indexed(Dataset[tuple[int, Any]]):
@@ -440,11 +442,17 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         if not batches:
             return [], None
         pieces = _fill_group(batches, num_batches)
-        labelled = sum(self._labelled_rows(b, real) for b, real in pieces)
+        counts = [self._labelled_rows(b, real) for b, real in pieces]
+        labelled = sum(counts)
         group = []
-        for batch, real in pieces:
+        for (batch, real), count in zip(pieces, counts):
             batch = dict(batch)
-            batch[_GROUP_KEY] = _Group(real=real, labelled=labelled)
+            batch[_GROUP_KEY] = _Group(
+                real=real,
+                labelled=labelled,
+                indices=batch[INDEX_KEY][:real],
+                all_labelled=count == real,
+            )
             group.append(batch)
         return group, None
 
@@ -522,7 +530,7 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
         inputs = dict(inputs)
-        indices: Tensor = inputs.pop(INDEX_KEY)
+        inputs.pop(INDEX_KEY)  # the CPU copy in the group is used
         group: _Group = inputs.pop(_GROUP_KEY)
         targets = {key: inputs.pop(key) for key in _TARGET_KEYS if key in inputs}
         if "labels" not in targets and "shift_labels" not in targets:
@@ -535,9 +543,12 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         real = group.real
         total = per.loss.new_zeros(())
         if real > 0:
-            # A row without labels: no score, weight 0 (update() masks its loss out).
+            # A row without labels: no score, weight 0 (update() masks its loss out). The
+            # CPU indices let update() see they are the plan's next positions (no sync).
             mean = self.infobatch.update(
-                per.loss[:real], indices=indices[:real], valid=per.valid[:real]
+                per.loss[:real],
+                indices=group.indices,
+                valid=None if group.all_labelled else per.valid[:real],
             )
             total = mean * (real / max(group.labelled, 1))
         if real < per.loss.shape[0]:  # fillers: in the graph (DDP needs every rank's grads)
