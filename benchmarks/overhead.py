@@ -332,6 +332,34 @@ def loss_micro(
     )
 
 
+def loader_and_loss_micro(
+    plain: Iterable[Any],
+    pruned: Callable[[], Iterable[Any]],
+    units: int,
+    logits: Tensor,
+    targets: Tensor,
+    repeats: int,
+) -> Micro:
+    """The loader alone (``plain`` against the InfoBatch side's ``pruned()`` batches, no
+    ``update()``: it changes nothing) and the per-sample cross-entropy against the mean one."""
+    return {
+        "loader": compare(
+            lambda: sum(1 for _ in plain),
+            lambda: sum(1 for _ in pruned()),
+            repeats=repeats,
+            units=units,
+            unit="ms per batch",
+        ),
+        "per_sample_loss": loss_micro(
+            lambda z: F.cross_entropy(z, targets),
+            lambda z: per_sample_ce(z, targets),
+            logits,
+            repeats=repeats,
+            calls=50,
+        ),
+    }
+
+
 def per_sample_ce(logits: Tensor, targets: Tensor) -> Tensor:
     """What the InfoBatch side computes: per-sample cross-entropy, weighted (weights 1) and
     averaged as ``update()`` does (one dot product; its bookkeeping is timed in ``update_s``)."""
@@ -497,22 +525,9 @@ class PlainBench:
         batches = len(plain)
         model = build_model(splits.name, 0)
         x, y = splits.x_train[: s.batch_size], splits.y_train[: s.batch_size]
-        return {
-            "loader": compare(
-                lambda: sum(1 for _ in plain),
-                lambda: sum(1 for _ in dataset.timed(pruned)),  # no update(): changes nothing
-                repeats=s.micro_repeats,
-                units=batches,
-                unit="ms per batch",
-            ),
-            "per_sample_loss": loss_micro(
-                lambda z: F.cross_entropy(z, y),
-                lambda z: per_sample_ce(z, y),
-                model(x),
-                repeats=s.micro_repeats,
-                calls=50,
-            ),
-        }
+        return loader_and_loss_micro(
+            plain, lambda: dataset.timed(pruned), batches, model(x), y, s.micro_repeats
+        )
 
 
 # ----------------------------------------------------------------------------------- trainer
@@ -868,22 +883,9 @@ class AccelerateBench:
         batches = len(plain)
         model = build_model(self.splits.name, 0)
         x, y = self.splits.x_train[: s.batch_size], self.splits.y_train[: s.batch_size]
-        micro: Micro = {
-            "loader": compare(
-                lambda: sum(1 for _ in plain),
-                lambda: sum(1 for _ in dataset.timed(pruned)),  # no update(): changes nothing
-                repeats=repeats,
-                units=batches,
-                unit="ms per batch",
-            ),
-            "per_sample_loss": loss_micro(
-                lambda z: F.cross_entropy(z, y),
-                lambda z: per_sample_ce(z, y),
-                model(x),
-                repeats=repeats,
-                calls=50,
-            ),
-        }
+        micro = loader_and_loss_micro(
+            plain, lambda: dataset.timed(pruned), batches, model(x), y, repeats
+        )
         total = self.total_steps
         optimizers = [torch.optim.SGD(build_model(self.splits.name, 0).parameters(), lr=0.05)]
         optimizers.append(torch.optim.SGD(build_model(self.splits.name, 0).parameters(), lr=0.05))
@@ -1108,22 +1110,7 @@ class LightningBench:
         )
         model = build_model(self.splits.name, 0)
         x, y = self.splits.x_train[: s.batch_size], self.splits.y_train[: s.batch_size]
-        micro: Micro = {
-            "loader": compare(
-                lambda: sum(1 for _ in plain),
-                lambda: sum(1 for _ in wrapped),  # no update(): changes nothing
-                repeats=repeats,
-                units=len(plain),
-                unit="ms per batch",
-            ),
-            "per_sample_loss": loss_micro(
-                lambda z: F.cross_entropy(z, y),
-                lambda z: per_sample_ce(z, y),
-                model(x),
-                repeats=repeats,
-                calls=50,
-            ),
-        }
+        micro = loader_and_loss_micro(plain, lambda: wrapped, len(plain), model(x), y, repeats)
         base_trainer = self.last["baseline"][0]
         ib_trainer = self.last["infobatch"][0]
         micro["scheduler_step"] = compare(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -119,3 +120,17 @@ def test_time_accounting_survives_a_checkpoint() -> None:
     assert repr([s.as_dict() for s in resumed.history]) == repr(
         [s.as_dict() for s in dataset.history]
     )
+
+
+def test_an_epoch_broken_off_gets_its_time_accounting_when_the_next_is_planned() -> None:
+    dataset = make()
+    loader = DataLoader(dataset, batch_size=16, sampler=dataset.sampler)
+    for step, (x, _) in enumerate(loader):
+        dataset.update((x.squeeze(1) - 0.3) ** 2)
+        if step == 1:
+            break
+    with pytest.warns(UserWarning, match="never reached update"):
+        train(dataset, 1, timed=False)  # plans epoch 1, which ends epoch 0
+    first, second = dataset.history[0], dataset.history[1]
+    assert math.isfinite(first.epoch_seconds) and math.isfinite(first.update_seconds)
+    assert math.isfinite(second.between_epochs_seconds)

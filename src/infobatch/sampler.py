@@ -526,6 +526,7 @@ class InfoBatchSampler(Sampler[int]):
         life = self._life
         if life.phase is Phase.TRAINING:
             missing = life.length - life.consumed
+            self._finish_timing()  # its span ends at its last update
             warnings.warn(
                 f"{missing} of the {life.length} samples planned for epoch {life.epoch} on "
                 "this rank never reached update() (the loop was broken off, or update() was "
@@ -652,10 +653,9 @@ class InfoBatchSampler(Sampler[int]):
         if life.receive(batch):
             self._record_stats()
         accumulate = torch.float64 if loss.dtype == torch.float64 else torch.float32
-        unweighted = in_plan_order and valid is None and self._share_unweighted
-        weights: Tensor | None = None
-        if unweighted:  # every weight is 1 (epoch 0, annealing): the plain mean
-            pass
+        weights: Tensor | None = None  # None: every weight is 1 (epoch 0, annealing)
+        if in_plan_order and valid is None and self._share_unweighted:
+            pass  # the plain mean below
         elif in_plan_order and accumulate == torch.float32 and plan.sample_weights is None:
             # Each weight divided by the batch size: the mean is then one dot product (one
             # autograd node instead of three; a tiny model's backward notices).
@@ -713,6 +713,8 @@ class InfoBatchSampler(Sampler[int]):
         self._share = self._share.to(device)
         self._share_upweighted = self._share_upweighted.to(device)
         self._weights_by_batch = {}
+        if self._labels is not None:  # per-class counts are then made where the plan lives
+            self._labels = self._labels.to(device)
         if self._merge is not None and self._merge.digest is not None:
             self._merge.digest = self._merge.digest.to(device)
         return self._plan
@@ -874,6 +876,9 @@ class InfoBatchSampler(Sampler[int]):
             state["_plan"] = self._plan.to(torch.device("cpu")) if self._plan else None
             state["_share"] = self._share.cpu()
             state["_share_upweighted"] = self._share_upweighted.cpu()
+            state["_weights_by_batch"] = {}
+            if self._labels is not None:
+                state["_labels"] = self._labels.cpu()
         return state
 
     def __repr__(self) -> str:
