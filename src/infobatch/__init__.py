@@ -11,6 +11,7 @@ from .lifecycle import EpochLifecycle, Phase
 from .metrics import METRICS, epoch_metrics, log_epoch, log_history
 from .plan import EpochPlan, build_plan
 from .plot import plot_history
+from .prompts import PROMPT_SCORES, BatchAlignedPruning, PromptPruning, prompt_scores
 from .regime import ShortScheduleWarning
 from .rng import epoch_generator
 from .rule import KEPT, PRUNED, UPWEIGHTED, KeepAll, PruningRule, Selection, SoftPruning
@@ -25,6 +26,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "AnnealingSchedule",
+    "BatchAlignedPruning",
     "BatchLayout",
     "Collectives",
     "EpochAwareRule",
@@ -43,6 +45,8 @@ __all__ = [
     "KeepAll",
     "METRICS",
     "PRUNED",
+    "PROMPT_SCORES",
+    "PromptPruning",
     "PendingReduce",
     "Phase",
     "PruningRule",
@@ -63,6 +67,7 @@ __all__ = [
     "log_epoch",
     "log_history",
     "plot_history",
+    "prompt_scores",
     "timed_batches",
     "__version__",
 ]
