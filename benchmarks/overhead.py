@@ -736,7 +736,7 @@ class TrainerBench:
             unit="ms per optimizer step",
         )
         ib_callbacks = [
-            c for c in ib.callback_handler.callbacks if type(c).__name__ == "_InfoBatchCallback"
+            c for c in ib.callback_handler.callbacks if type(c).__name__ == "_EpochCallback"
         ]
         state, control = ib.state, ib.control
         micro["step_end_callback"] = compare(

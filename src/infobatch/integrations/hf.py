@@ -52,10 +52,8 @@ What the subclass does, through the Trainer's documented override points only (n
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import partial
@@ -63,19 +61,16 @@ from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
 from ..dataset import InfoBatch
-from ..errors import InfoBatchError
-from ..lifecycle import Phase
-from ..metrics import epoch_metrics
+from ._trainer import STATE_FILE, EpochLoader, TrainerIntegration, check_epoch_arguments
 from .losses import IGNORE_INDEX, PerSampleLoss, causal_lm_loss, sequence_classification_loss
-from .progress import ProgressLR, SamplerProgress, epochs_of
+from .progress import SamplerProgress
 
 try:
-    from transformers import Trainer, TrainerCallback
-    from transformers.trainer_utils import get_last_checkpoint, seed_worker
+    from transformers import Trainer
+    from transformers.trainer_utils import seed_worker
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "infobatch.integrations.hf needs transformers and accelerate; install them with "
@@ -89,10 +84,7 @@ logger = logging.getLogger("infobatch")
 #: Batch key carrying the dataset index of each row (added by the loader, removed before the
 #: model's forward).
 INDEX_KEY = "infobatch_index"
-#: File written into each checkpoint folder, one per process.
-STATE_FILE = "infobatch_state_rank{rank}.pt"
 _GROUP_KEY = "infobatch_group"
-_STATE_VERSION = 2  # 1 also held an own progress counter, now read from the sampler
 
 #: ``per_sample_loss(outputs, targets) -> PerSampleLoss or Tensor``: ``outputs`` is the model's
 #: output, ``targets`` the batch entries removed before the forward (``labels`` and, when
@@ -172,77 +164,7 @@ def _fill_group(batches: list[Any], parts: int) -> list[tuple[Any, int]]:
     return pieces + [(filler, 0)] * (parts - len(pieces))
 
 
-class _EpochLoader:
-    """What the Trainer iterates: one InfoBatch epoch per iteration, a constant length.
-
-    The Trainer's epoch counter is not used: after a resume it is derived from the global step
-    and the first epoch's length, which pruned epochs make wrong. The InfoBatch epoch to train
-    next is the sampler's own, advanced by one after each epoch.
-    """
-
-    def __init__(
-        self,
-        loader: DataLoader[Any],
-        infobatch: InfoBatch[Any],
-        length: int,
-        accumulation: int,
-        progress: SamplerProgress,
-        next_epoch: int,
-    ) -> None:
-        self.loader = loader
-        self.infobatch = infobatch
-        self.length = length
-        self.accumulation = accumulation
-        self.progress = progress
-        self.next_epoch = next_epoch
-        self.dataset = loader.dataset
-
-    def __len__(self) -> int:
-        return self.length
-
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: the InfoBatch epoch follows the sampler (see the class docstring)."""
-
-    @property
-    def finished(self) -> bool:
-        """All the run's epochs were handed out."""
-        return self.next_epoch >= epochs_of(self.infobatch.sampler)
-
-    def __iter__(self) -> Iterator[Any]:
-        if self.finished:
-            return
-        epoch = self.next_epoch
-        sampler = self.infobatch.sampler
-        sampler.set_epoch(epoch)
-        steps = self.progress.units(sampler.epoch_length)
-        if steps > self.length // self.accumulation:
-            raise InfoBatchError(
-                f"epoch {epoch} has {steps} optimizer steps on this rank but the "
-                f"Trainer was sized for {self.length // self.accumulation}; resume with the same "
-                "per-device batch size, number of processes and dataset"
-            )
-        self.next_epoch = epoch + 1
-        yield from sampler.timed(self.loader)  # the wait for batches: the epoch's data_seconds
-
-
-class _InfoBatchCallback(TrainerCallback):  # type: ignore[misc]
-    """Keeps the Trainer's epoch in step with InfoBatch's and stops after the last epoch."""
-
-    def __init__(self, trainer: InfoBatchTrainer) -> None:
-        self.trainer = trainer
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        progress = self.trainer.infobatch_progress
-        state.epoch = progress.fraction * epochs_of(progress.sampler)
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer._infobatch_epoch_ended()
-        loader = self.trainer._infobatch_loader
-        if loader is not None and loader.finished:
-            control.should_training_stop = True
-
-
-class InfoBatchTrainer(Trainer):  # type: ignore[misc]
+class InfoBatchTrainer(TrainerIntegration, Trainer):  # type: ignore[misc]
     """A ``transformers.Trainer`` that trains with InfoBatch pruning (see the module docstring).
 
     Takes the ``Trainer``'s arguments, plus:
@@ -274,39 +196,19 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.args, epochs = check_epoch_arguments(self.args, type(self).__name__)
         targs = self.args
-        if targs.max_steps is not None and targs.max_steps > 0:
-            raise ValueError(
-                f"InfoBatchTrainer trains whole epochs whose lengths vary, so it cannot stop at "
-                f"max_steps={targs.max_steps}; leave max_steps=-1 and set num_train_epochs"
-            )
-        epochs = targs.num_train_epochs
-        if float(epochs) != int(epochs) or int(epochs) < 1:
-            raise ValueError(
-                f"num_train_epochs must be a whole number >= 1 for InfoBatch, got {epochs}"
-            )
         if self.compute_loss_func is not None:
             raise ValueError(
                 "InfoBatchTrainer computes per-sample losses itself; pass your loss as "
                 "per_sample_loss=fn(outputs, targets) returning one loss per sample instead of "
                 "compute_loss_func"
             )
-        if targs.auto_find_batch_size:
-            raise ValueError(
-                "InfoBatchTrainer does not support auto_find_batch_size: a retry with a smaller "
-                "batch would restart an InfoBatch epoch that was partly trained; set "
-                "per_device_train_batch_size yourself"
-            )
         if targs.label_smoothing_factor:
             raise ValueError(
                 "label_smoothing_factor is not supported by InfoBatchTrainer yet; pass a "
                 "per_sample_loss that applies label smoothing per sample"
             )
-        if not targs.ignore_data_skip:
-            # The sampler resumes at its own position; the Trainer must not skip batches.
-            targs = copy.copy(targs)
-            targs.ignore_data_skip = True
-            self.args = targs
         if isinstance(per_sample_loss, str) and per_sample_loss not in (
             "auto",
             "causal_lm",
@@ -318,7 +220,7 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
             )
         self.per_sample_loss = per_sample_loss
         self.infobatch: InfoBatch[Any] = self._wrap(
-            self.train_dataset, int(epochs), prune_ratio, delta, seed
+            self.train_dataset, epochs, prune_ratio, delta, seed
         )
         #: Fraction of the run done, in optimizer steps (drives the schedule and ``state.epoch``).
         self.infobatch_progress = SamplerProgress(
@@ -326,12 +228,8 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
             batch_size=self._train_batch_size,
             accumulation=targs.gradient_accumulation_steps,
         )
-        self._infobatch_loader: _EpochLoader | None = None
-        self._infobatch_next_epoch = self.infobatch.epoch
         self._infobatch_task: str | None = None
-        self._infobatch_logged_epoch: int | None = None  # the last epoch whose stats were logged
-        self._infobatch_pending: dict[str, float] | None = None  # for the next log
-        self.add_callback(_InfoBatchCallback(self))
+        self._infobatch_setup(epochs)
 
     def _wrap(
         self, dataset: Any, epochs: int, prune_ratio: float, delta: float, seed: int | None
@@ -385,7 +283,7 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         )
 
     # ------------------------------------------------------------------ data
-    def get_train_dataloader(self) -> _EpochLoader:  # type: ignore[override]
+    def get_train_dataloader(self) -> EpochLoader:  # type: ignore[override]
         """One InfoBatch epoch per iteration, this process's share only (not re-sharded)."""
         targs = self.args
         workers = targs.dataloader_num_workers
@@ -419,15 +317,7 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
             else (math.ceil(share / self._train_batch_size))
         )
         length = accumulation * max(1, math.ceil(full_batches / accumulation))
-        self._infobatch_loader = _EpochLoader(
-            loader,
-            self.infobatch,
-            length,
-            accumulation,
-            self.infobatch_progress,
-            self._infobatch_next_epoch,
-        )
-        return self._infobatch_loader
+        return self._infobatch_epochs(loader, length, accumulation)
 
     def get_batch_samples(
         self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
@@ -554,123 +444,3 @@ class InfoBatchTrainer(Trainer):  # type: ignore[misc]
         if real < per.loss.shape[0]:  # fillers: in the graph (DDP needs every rank's grads)
             total = total + 0.0 * per.loss[real:].sum()
         return (total, outputs) if return_outputs else total
-
-    # ------------------------------------------------------------------ schedule
-    def create_scheduler(
-        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
-    ) -> ProgressLR:
-        """The ``lr_scheduler_type`` schedule, driven by the fraction of epochs done."""
-        existing = self.lr_scheduler
-        scheduler = super().create_scheduler(num_training_steps, optimizer)
-        if isinstance(scheduler, ProgressLR):
-            return scheduler
-        if existing is not None and scheduler is existing:
-            raise ValueError(
-                f"InfoBatchTrainer cannot use the scheduler you passed "
-                f"({type(scheduler).__name__}): it counts steps, and pruned epochs have fewer "
-                "steps, so it would end early. Choose it with lr_scheduler_type, or pass "
-                "infobatch.integrations.progress.ProgressLR"
-            )
-        if not isinstance(scheduler, LambdaLR):
-            raise ValueError(
-                f"lr_scheduler_type={self.args.lr_scheduler_type!r} is not supported by "
-                "InfoBatchTrainer (it needs a LambdaLR schedule: linear, cosine, constant, "
-                "polynomial, with or without warmup...)"
-            )
-        progress = self.infobatch_progress
-        follower = ProgressLR.from_lambda_lr(
-            scheduler, num_training_steps, lambda: progress.fraction
-        )
-        self.lr_scheduler = follower
-        return follower
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model as the Trainer does, and this process's InfoBatch state next to it."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        os.makedirs(folder, exist_ok=True)
-        state = {
-            "version": _STATE_VERSION,
-            "world_size": self.args.world_size,
-            "rank": self.args.process_index,
-            "infobatch": self.infobatch.state_dict(),
-        }
-        torch.save(state, os.path.join(folder, STATE_FILE.format(rank=self.args.process_index)))
-
-    def train(
-        self,
-        resume_from_checkpoint: str | bool | None = None,
-        trial: Any = None,
-        ignore_keys_for_eval: list[str] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """``Trainer.train``; a checkpoint's InfoBatch state is loaded first."""
-        if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(
-                    f"No valid checkpoint found in output directory ({self.args.output_dir})"
-                )
-        if isinstance(resume_from_checkpoint, str):
-            self.load_infobatch_state(resume_from_checkpoint)
-        return super().train(
-            resume_from_checkpoint=resume_from_checkpoint,
-            trial=trial,
-            ignore_keys_for_eval=ignore_keys_for_eval,
-            **kwargs,
-        )
-
-    def load_infobatch_state(self, checkpoint: str) -> None:
-        """Load the InfoBatch state saved in the checkpoint folder ``checkpoint``.
-
-        Each process loads its own file when the number of processes is unchanged (a mid-epoch
-        checkpoint resumes exactly), else rank 0's (only valid at an epoch boundary).
-        """
-        rank, world = self.args.process_index, self.args.world_size
-        own = os.path.join(checkpoint, STATE_FILE.format(rank=rank))
-        first = os.path.join(checkpoint, STATE_FILE.format(rank=0))
-        path = own if os.path.isfile(own) else first
-        if not os.path.isfile(path):
-            raise InfoBatchError(
-                f"checkpoint {checkpoint} has no InfoBatch state ({STATE_FILE.format(rank=0)}); "
-                "it was not written by InfoBatchTrainer, so the pruning state cannot be resumed"
-            )
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state.get("version") not in (1, _STATE_VERSION):
-            raise ValueError(
-                f"unsupported InfoBatchTrainer state version {state.get('version')!r} in {path}"
-            )
-        if state["world_size"] != world and path == own:
-            path = first
-            state = torch.load(first, map_location="cpu", weights_only=False)
-        self.infobatch.load_state_dict(state["infobatch"])
-        self._infobatch_next_epoch = self.infobatch.epoch
-
-    # ------------------------------------------------------------------ logs
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """The Trainer's logs, plus ``infobatch/saved_fraction`` and, once per completed
-        epoch, that epoch's statistics (see the module docstring)."""
-        if self._infobatch_pending is not None:
-            logs.update(self._infobatch_pending)
-            self._infobatch_pending = None
-        if self.infobatch.history:
-            logs["infobatch/saved_fraction"] = self.infobatch.saved_fraction
-        super().log(logs, start_time)
-
-    def _infobatch_epoch_ended(self) -> None:
-        """At the Trainer's epoch end: log the InfoBatch epoch just completed (once)."""
-        sampler = self.infobatch.sampler
-        epoch = sampler.epoch
-        if sampler.phase is not Phase.COMPLETE or epoch == self._infobatch_logged_epoch:
-            return
-        stats = next((s for s in sampler.history if s.epoch == epoch), None)
-        if stats is None:
-            return
-        self._infobatch_logged_epoch = epoch
-        strategy = str(getattr(self.args.logging_strategy, "value", self.args.logging_strategy))
-        if strategy == "no":
-            return
-        self._infobatch_pending = epoch_metrics(stats)
-        if strategy != "epoch":  # "epoch": the Trainer's own log follows at once and takes them
-            self.log({})
