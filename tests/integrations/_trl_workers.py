@@ -174,10 +174,11 @@ def run_grpo(out_dir: Path, config: dict[str, Any]) -> Record:
                     plan = sampler.plan
                     assert plan is not None
                     plans[plan.epoch] = plan.order.clone()
-                    prompts, _ = self._infobatch_block
+                    prompts, rewards = self._infobatch_block
                     batches[-1].update(
                         epoch=plan.epoch,
                         prompts=prompts.clone(),
+                        rewards=rewards.clone(),
                         weights=self.infobatch.weights_of(prompts),
                         scaled=output["advantages"].detach().clone(),
                         step=self.state.global_step,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -102,6 +102,8 @@ class EpochLoader:
         self.next_epoch = next_epoch
         self.num_epochs = num_epochs
         self.dataset = loader.dataset
+        #: Called at the start of each epoch, before ``loader`` is iterated (or ``None``).
+        self.before_epoch: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -128,6 +130,8 @@ class EpochLoader:
                 "per-device batch size, number of processes and dataset"
             )
         self.next_epoch = epoch + 1
+        if self.before_epoch is not None:
+            self.before_epoch()
         yield from sampler.timed(self.loader)  # the wait for batches: the epoch's data_seconds
 
 
@@ -214,8 +218,9 @@ class TrainerIntegration:
         """More of this process's state for its checkpoint file (none by default)."""
         return {}
 
-    def _infobatch_load_extra_state(self, state: dict[str, Any]) -> None:
-        """Load what :meth:`_infobatch_extra_state` saved (called after :attr:`infobatch`)."""
+    def _infobatch_load_extra_state(self, state: dict[str, Any], checkpoint: str) -> None:
+        """Load what :meth:`_infobatch_extra_state` saved in the checkpoint folder
+        ``checkpoint`` (called after :attr:`infobatch` is loaded)."""
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model as the Trainer does, and this process's InfoBatch state next to it."""
@@ -280,7 +285,7 @@ class TrainerIntegration:
             path = first
             state = torch.load(first, map_location="cpu", weights_only=False)
         self.infobatch.load_state_dict(state["infobatch"])
-        self._infobatch_load_extra_state(state)
+        self._infobatch_load_extra_state(state, checkpoint)
         self._infobatch_next_epoch = self.infobatch.epoch
 
     # ------------------------------------------------------------------ logs

@@ -152,7 +152,7 @@ class _GenerationProgress:
 
     def __init__(self, trainer: InfoBatchGRPOTrainer, block_steps: int) -> None:
         self.trainer = trainer
-        self.pruning = trainer.infobatch
+        self.pruning: PromptPruning = trainer.infobatch
         self.sampler = self.pruning.sampler
         self.block_steps = block_steps
 
@@ -199,6 +199,8 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
     """
 
     args: Any
+    infobatch: PromptPruning
+    train_dataset: Any
     _step: int
     _buffered_inputs: Any
     num_generations: int
@@ -265,6 +267,7 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
         self._infobatch_rewards: Tensor | None = None  # the gathered rewards of the last batch
         self._infobatch_block: tuple[Tensor, Tensor] | None = None  # prompts, rewards [P, G]
         self._infobatch_tokens: dict[int, list[int]] = {}  # pass -> [tokens, completions]
+        self._infobatch_rng_from: tuple[str, str] | None = None  # (checkpoint, when) to load
         self._infobatch_setup(epochs)
 
     # ------------------------------------------------------------------ data
@@ -277,7 +280,19 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
         loader = super().get_train_dataloader()
         pruning = self.infobatch
         length = (pruning.num_prompts // pruning.batch_size) * self._infobatch_generate_every
-        return self._infobatch_epochs(loader, length, self.args.gradient_accumulation_steps)
+        epochs = self._infobatch_epochs(loader, length, self.args.gradient_accumulation_steps)
+        epochs.before_epoch = lambda: self._infobatch_restore_rng("pass")
+        return epochs
+
+    def _infobatch_restore_rng(self, when: str) -> None:
+        """After a resume, put the random state of the checkpoint back where the uninterrupted
+        run had it when it generated next: before the pass's loader is iterated (a checkpoint
+        at a pass boundary: the uninterrupted run iterated it after saving), or before the
+        first step (inside a pass: the resumed run iterates a new loader, which draws)."""
+        pending = self._infobatch_rng_from
+        if pending is not None and pending[1] == when:
+            self._infobatch_rng_from = None
+            self._load_rng_state(pending[0])
 
     # ------------------------------------------------------------------ rewards and advantages
     def _calculate_rewards(self, *args: Any, **kwargs: Any) -> Tensor:
@@ -348,6 +363,7 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Tensor:
         """TRL's step; after the last update with a generation batch, its prompts' scores."""
+        self._infobatch_restore_rng("step")
         loss: Tensor = super().training_step(model, inputs, num_items_in_batch)
         if self._infobatch_block is not None and self._step % self._infobatch_generate_every == 0:
             prompts, rewards = self._infobatch_block
@@ -366,7 +382,7 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
             "tokens": {k: list(v) for k, v in self._infobatch_tokens.items()},
         }
 
-    def _infobatch_load_extra_state(self, state: dict[str, Any]) -> None:
+    def _infobatch_load_extra_state(self, state: dict[str, Any], checkpoint: str) -> None:
         self._infobatch_tokens = {int(k): list(v) for k, v in state.get("tokens", {}).items()}
         into = int(state.get("trl_step_in_block", 0))
         self._step = into
@@ -380,6 +396,8 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
                 for part in buffered
             ]
         self._buffered_inputs = buffered
+        inside = into > 0 or self.infobatch.sampler.position > 0
+        self._infobatch_rng_from = (checkpoint, "step" if inside else "pass")
 
     # ------------------------------------------------------------------ logs
     def _infobatch_log_extra(self, logs: dict[str, float]) -> None:
