@@ -34,6 +34,7 @@ from typing import Any, Callable, Union
 import torch
 from torch import Tensor
 
+from .lifecycle import Phase
 from .regime import ShortScheduleWarning
 from .rng import random_mask, random_permutation
 from .rule import KEPT, PRUNED, UPWEIGHTED, MeanThreshold, Selection, SoftPruning
@@ -249,8 +250,6 @@ class PromptPruning:
     @property
     def finished(self) -> bool:
         """Every pass of the run was trained."""
-        from .lifecycle import Phase
-
         sampler = self.sampler
         return sampler.epoch >= self.num_passes or (
             sampler.epoch == self.num_passes - 1 and sampler.phase is Phase.COMPLETE

@@ -155,15 +155,16 @@ def run_grpo(out_dir: Path, config: dict[str, Any]) -> Record:
                 control.should_training_stop = True
                 control.should_save = True
 
+    common: dict[str, Any] = dict(
+        model=model,
+        args=args,
+        reward_funcs=reward,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Steps()],
+    )
     if cfg["plain"]:
-        trainer = Recording(
-            model=model,
-            args=args,
-            reward_funcs=reward,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[Steps()],
-        )
+        trainer = Recording(**common)
     else:
 
         class Trainer(InfoBatchGRPOTrainer, Recording):  # type: ignore[misc]
@@ -185,16 +186,7 @@ def run_grpo(out_dir: Path, config: dict[str, Any]) -> Record:
                     )
                 return output
 
-        trainer = Trainer(
-            model=model,
-            args=args,
-            reward_funcs=reward,
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            callbacks=[Steps()],
-            prune_ratio=cfg["prune_ratio"],
-            delta=cfg["delta"],
-        )
+        trainer = Trainer(**common, prune_ratio=cfg["prune_ratio"], delta=cfg["delta"])
     trainer.train(resume_from_checkpoint=cfg["resume_from"])
     record: Record = {
         "batches": batches,

@@ -168,6 +168,7 @@ class TrainerIntegration:
         self._infobatch_next_epoch = self.infobatch.epoch
         self._infobatch_logged_epoch: int | None = None  # the last epoch whose stats were logged
         self._infobatch_pending: dict[str, float] | None = None  # for the next log
+        self._infobatch_rng_from: tuple[str, str] | None = None  # (checkpoint, when) to load
         self.add_callback(_EpochCallback(self))  # type: ignore[attr-defined]
 
     def _infobatch_epochs(self, loader: Any, length: int, accumulation: int) -> EpochLoader:
@@ -181,7 +182,29 @@ class TrainerIntegration:
             self._infobatch_next_epoch,
             self._infobatch_num_epochs,
         )
+        self._infobatch_loader.before_epoch = lambda: self._infobatch_restore_rng("epoch")
         return self._infobatch_loader
+
+    def _infobatch_restore_rng(self, when: str) -> None:
+        """After a resume, load the checkpoint's random state where the uninterrupted run
+        went on from it: before the epoch's loader is iterated (a checkpoint at an epoch
+        boundary: the uninterrupted run iterated it after saving) or before the first step
+        (inside an epoch: the resumed run iterates a new loader, which draws a seed). The
+        Trainer loads it only when it skips batches itself, never with ``ignore_data_skip``."""
+        pending = self._infobatch_rng_from
+        if pending is not None and pending[1] == when:
+            self._infobatch_rng_from = None
+            self._load_rng_state(pending[0])  # type: ignore[attr-defined]
+
+    def _infobatch_resumes_inside_epoch(self) -> bool:
+        """Whether the loaded state is inside an epoch (some of its updates arrived)."""
+        sampler = self.infobatch.sampler
+        return bool(0 < sampler.position < sampler.epoch_length)
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        """The Trainer's step, after a resume inside an epoch its random state first."""
+        self._infobatch_restore_rng("step")
+        return super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
 
     # ------------------------------------------------------------------ schedule
     def create_scheduler(
@@ -286,6 +309,8 @@ class TrainerIntegration:
             state = torch.load(first, map_location="cpu", weights_only=False)
         self.infobatch.load_state_dict(state["infobatch"])
         self._infobatch_load_extra_state(state, checkpoint)
+        inside = self._infobatch_resumes_inside_epoch()
+        self._infobatch_rng_from = (checkpoint, "step" if inside else "epoch")
         self._infobatch_next_epoch = self.infobatch.epoch
 
     # ------------------------------------------------------------------ logs

@@ -267,7 +267,6 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
         self._infobatch_rewards: Tensor | None = None  # the gathered rewards of the last batch
         self._infobatch_block: tuple[Tensor, Tensor] | None = None  # prompts, rewards [P, G]
         self._infobatch_tokens: dict[int, list[int]] = {}  # pass -> [tokens, completions]
-        self._infobatch_rng_from: tuple[str, str] | None = None  # (checkpoint, when) to load
         self._infobatch_setup(epochs)
 
     # ------------------------------------------------------------------ data
@@ -280,19 +279,7 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
         loader = super().get_train_dataloader()
         pruning = self.infobatch
         length = (pruning.num_prompts // pruning.batch_size) * self._infobatch_generate_every
-        epochs = self._infobatch_epochs(loader, length, self.args.gradient_accumulation_steps)
-        epochs.before_epoch = lambda: self._infobatch_restore_rng("pass")
-        return epochs
-
-    def _infobatch_restore_rng(self, when: str) -> None:
-        """After a resume, put the random state of the checkpoint back where the uninterrupted
-        run had it when it generated next: before the pass's loader is iterated (a checkpoint
-        at a pass boundary: the uninterrupted run iterated it after saving), or before the
-        first step (inside a pass: the resumed run iterates a new loader, which draws)."""
-        pending = self._infobatch_rng_from
-        if pending is not None and pending[1] == when:
-            self._infobatch_rng_from = None
-            self._load_rng_state(pending[0])
+        return self._infobatch_epochs(loader, length, self.args.gradient_accumulation_steps)
 
     # ------------------------------------------------------------------ rewards and advantages
     def _calculate_rewards(self, *args: Any, **kwargs: Any) -> Tensor:
@@ -310,7 +297,9 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
         output: dict[str, Any] = super()._generate_and_score_completions(rows)
         if not training:
             return output
-        prompts, rewards = self._gathered_groups(local)
+        mask = output.get("completion_mask")
+        tokens = int(mask.sum()) if isinstance(mask, Tensor) else 0
+        prompts, rewards, total_tokens = self._gathered_groups(local, tokens)
         weights = self.infobatch.weights_of(prompts)
         rank, size = self.accelerator.process_index, len(rows)
         per_row = weights.repeat_interleave(self.num_generations)
@@ -319,18 +308,19 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
         shape = (-1,) + (1,) * (advantages.ndim - 1)
         output["advantages"] = advantages * row_weights.to(advantages).view(shape)
         self._infobatch_block = (prompts, rewards)
-        mask = output.get("completion_mask")
-        if isinstance(mask, Tensor):
-            tokens = self.accelerator.gather(mask.sum().reshape(1)).sum()
-            counts = self._infobatch_tokens.setdefault(self.infobatch.epoch, [0, 0])
-            counts[0] += int(tokens)
-            counts[1] += int(rewards.numel())
+        counts = self._infobatch_tokens.setdefault(self.infobatch.epoch, [0, 0])
+        counts[0] += total_tokens
+        counts[1] += int(rewards.numel())
         return output
 
-    def _gathered_groups(self, local: Tensor) -> tuple[Tensor, Tensor]:
-        """The generation batch's prompts (one per group) and rewards ``[P, G]``, checked to be
-        whole groups of the sampler's next prompts."""
-        gathered = self.accelerator.gather(local.to(self.accelerator.device)).cpu()
+    def _gathered_groups(self, local: Tensor, tokens: int) -> tuple[Tensor, Tensor, int]:
+        """The generation batch's prompts (one per group), rewards ``[P, G]`` and completion
+        tokens, by one gather; the prompts are checked to be whole groups of the sampler's next
+        prompts."""
+        mine = torch.cat([local, torch.tensor([tokens], dtype=torch.int64)])
+        every = self.accelerator.gather(mine.to(self.accelerator.device)).cpu()
+        every = every.view(self.accelerator.num_processes, -1)
+        gathered, total_tokens = every[:, :-1].reshape(-1), int(every[:, -1].sum())
         per_func = self._infobatch_rewards
         if per_func is None:
             raise InfoBatchError(
@@ -359,11 +349,10 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
                 f"next ones are {None if expected is None else expected.tolist()[:8]}...; the "
                 "train dataloader must be the one get_train_dataloader() builds"
             )
-        return prompts, rewards.view(-1, size).float().cpu()
+        return prompts, rewards.view(-1, size).float().cpu(), total_tokens
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Tensor:
         """TRL's step; after the last update with a generation batch, its prompts' scores."""
-        self._infobatch_restore_rng("step")
         loss: Tensor = super().training_step(model, inputs, num_items_in_batch)
         if self._infobatch_block is not None and self._step % self._infobatch_generate_every == 0:
             prompts, rewards = self._infobatch_block
@@ -396,8 +385,9 @@ class InfoBatchGRPOTrainer(TrainerIntegration, GRPOTrainer):  # type: ignore[mis
                 for part in buffered
             ]
         self._buffered_inputs = buffered
-        inside = into > 0 or self.infobatch.sampler.position > 0
-        self._infobatch_rng_from = (checkpoint, "step" if inside else "pass")
+
+    def _infobatch_resumes_inside_epoch(self) -> bool:
+        return self._step > 0 or super()._infobatch_resumes_inside_epoch()
 
     # ------------------------------------------------------------------ logs
     def _infobatch_log_extra(self, logs: dict[str, float]) -> None:
