@@ -584,6 +584,7 @@ class GRPORun:
         config, task, model = self.config, self.task, self.model
         outer_state = torch.get_rng_state()
         torch.set_rng_state(self.rng_state)
+        epoch = self.pruning.epoch  # the pass this call trains
         completions_done = tokens = batches = 0
         rewards_sum = 0.0
         all_solved = all_failed = 0
@@ -610,7 +611,6 @@ class GRPORun:
             all_failed += int((solved == 0).sum())
         seconds = time.perf_counter() - started
         cpu_seconds = time.process_time() - cpu_started
-        epoch = self.pruning.epoch  # the pass just trained (the next starts at batches())
         self.rng_state = torch.get_rng_state()
         torch.set_rng_state(outer_state)
         stats = self.pruning.history[epoch]

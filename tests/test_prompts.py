@@ -187,7 +187,10 @@ def test_passes_hand_out_each_kept_prompt_once_with_exact_weights(
     batch = min(batch, n)
     pruning = PromptPruning(n, 3, 0.5, delta=1.0, batch_size=batch, whole_batches=whole, seed=seed)
     scores = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    passes_done = 0
     while not pruning.finished:
+        assert pruning.epoch == passes_done
+        planned, planned_batches = pruning.planned_prompts(), pruning.planned_batches()
         epoch_batches = []
         for chunk in pruning.batches():
             plan = pruning.sampler.plan
@@ -201,11 +204,14 @@ def test_passes_hand_out_each_kept_prompt_once_with_exact_weights(
         stats = pruning.history[-1]
         left = pruning.left_out.get(stats.epoch, 0)
         assert handed.numel() == stats.num_kept - left
+        assert (handed.numel(), len(epoch_batches)) == (planned, planned_batches)
         if whole:
             assert all(len(c) == batch for c in epoch_batches) and left < batch
         else:
             assert left == 0
-    assert len(pruning.history) == 3
+        passes_done += 1
+        assert pruning.epoch == passes_done  # a complete pass: the next one's number
+    assert len(pruning.history) == 3 and pruning.epoch == 3
 
 
 def test_a_pass_resumes_from_its_state() -> None:

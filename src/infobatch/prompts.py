@@ -188,6 +188,9 @@ class PromptPruning:
         seed (int, optional): seed of the skipping and shuffling draws. Default:
             ``torch.initial_seed()``.
         rule (PruningRule, optional): replaces the default rule (e.g. a random baseline).
+            The rule decides every pass, the first included: the default rules keep prompts
+            that have no score yet, a random baseline such as
+            :class:`~infobatch.policies.DynamicRandom` may skip them.
 
     The passes are the epochs of an :class:`~infobatch.InfoBatchSampler` (:attr:`sampler`),
     whose statistics (:attr:`history`, :attr:`saved_fraction`) count prompts.
@@ -244,8 +247,10 @@ class PromptPruning:
 
     @property
     def epoch(self) -> int:
-        """The pass being planned or trained (0-based)."""
-        return self.sampler.epoch
+        """The pass being planned or trained (0-based); once a pass is complete, the next
+        one's number (:attr:`num_passes` when the run is :attr:`finished`)."""
+        sampler = self.sampler
+        return sampler.epoch + (1 if sampler.phase is Phase.COMPLETE else 0)
 
     @property
     def finished(self) -> bool:
@@ -290,6 +295,12 @@ class PromptPruning:
         len(self.sampler)  # plans the pass if it is not planned yet
         kept = self.sampler.epoch_length
         return kept // self.batch_size if self.whole_batches else -(-kept // self.batch_size)
+
+    def planned_prompts(self) -> int:
+        """Prompts the current pass generates for (planning it if needed): the kept ones, less
+        a last partial batch that ``whole_batches`` leaves out."""
+        count = self.planned_batches() * self.batch_size
+        return count if self.whole_batches else self.sampler.epoch_length
 
     def batches(self) -> Iterator[Tensor]:
         """The current pass's prompt indices (int64) in batches of ``batch_size``; after a

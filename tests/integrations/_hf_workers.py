@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = dict(
     hf_dataset=False,
     drop_last=False,
     workers=0,
+    # dropout in the causal LM: a resumed run must restore the random state to match bitwise
+    dropout=0.1,
     bf16=False,
     stop_after_steps=None,
     evaluate=False,
@@ -159,7 +161,10 @@ def build_trainer(out_dir: Path, config: dict[str, Any]) -> tuple[RecordingTrain
     settings = {**DEFAULTS, **config}
     torch.manual_seed(0)
     if settings["task"] == "causal_lm":
-        model: Any = GPT2LMHeadModel(tiny_gpt2_config())
+        rate = settings["dropout"]
+        model: Any = GPT2LMHeadModel(
+            tiny_gpt2_config(resid_pdrop=rate, embd_pdrop=rate, attn_pdrop=rate)
+        )
         dataset: Any = InstructionSet(make_records(settings["num_samples"]))
         collate: Any = pad_collate
     else:
