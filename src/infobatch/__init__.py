@@ -8,6 +8,18 @@ from .distributed import Collectives, PendingReduce, TorchCollectives
 from .errors import InfoBatchError
 from .iterations import iterations
 from .lifecycle import EpochLifecycle, Phase
+from .losses import (
+    PerSampleLoss,
+    dice_loss,
+    info_nce,
+    iou_loss,
+    masked_patch_loss,
+    per_sample_mean,
+    segmentation_cross_entropy,
+    sum_per_sample,
+    supervised_contrastive,
+    triplet_batch_hard,
+)
 from .metrics import METRICS, epoch_metrics, log_epoch, log_history
 from .plan import EpochPlan, build_plan
 from .plot import plot_history
@@ -48,6 +60,7 @@ __all__ = [
     "PROMPT_SCORES",
     "PromptPruning",
     "PendingReduce",
+    "PerSampleLoss",
     "Phase",
     "PruningRule",
     "STATE_VERSION",
@@ -61,13 +74,22 @@ __all__ = [
     "UPWEIGHTED",
     "build_plan",
     "class_balanced_weights",
+    "dice_loss",
     "epoch_generator",
     "epoch_metrics",
+    "info_nce",
+    "iou_loss",
     "iterations",
     "log_epoch",
     "log_history",
+    "masked_patch_loss",
+    "per_sample_mean",
     "plot_history",
     "prompt_scores",
+    "segmentation_cross_entropy",
+    "sum_per_sample",
+    "supervised_contrastive",
     "timed_batches",
+    "triplet_batch_hard",
     "__version__",
 ]
