@@ -34,6 +34,20 @@ def test_items_and_attributes_of_the_wrapped_dataset_are_reachable() -> None:
         _ = dataset.no_such_attribute
 
 
+def test_setting_an_attribute_of_the_wrapped_dataset_on_the_wrapper_is_refused() -> None:
+    """A write would not reach the wrapped dataset (its items would not change): refused with
+    what to do; the wrapped dataset's own attribute and new wrapper attributes still work."""
+    base = IndexedDataset(10)
+    dataset = InfoBatch(base, 4)
+    with pytest.raises(AttributeError, match=r"dataset\.dataset\.classes = \.\.\."):
+        dataset.classes = ["a", "b"]
+    assert base.classes == ["even", "odd"] and "classes" not in vars(dataset)
+    dataset.dataset.classes = ["a", "b"]
+    assert dataset.classes == ["a", "b"]
+    dataset.note = "mine"  # not an attribute of the wrapped dataset: the wrapper's own
+    assert dataset.note == "mine" and not hasattr(base, "note")
+
+
 def test_sampler_property_is_one_object() -> None:
     dataset = InfoBatch(IndexedDataset(10), 4)
     assert dataset.sampler is dataset.sampler

@@ -21,6 +21,7 @@ from infobatch.losses import (
     masked_patch_loss,
     per_sample_mean,
     segmentation_cross_entropy,
+    soft_target_cross_entropy,
     sum_per_sample,
     supervised_contrastive,
     triplet_batch_hard,
@@ -278,6 +279,24 @@ def test_sum_per_sample_against_a_loop() -> None:
     assert got[3] == 0
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         sum_per_sample(values, image, 2)
+
+
+def test_soft_target_cross_entropy_against_torch_and_a_mixup() -> None:
+    """Its mean is torch's cross-entropy with probability targets; with a mixup target (lam on
+    the sample's label, 1 - lam on its partner's) it is the lam-weighted sum of both CEs."""
+    g = _gen(21)
+    logits = torch.randn(6, 5, generator=g)
+    soft = torch.softmax(torch.randn(6, 5, generator=g), dim=1)
+    per_sample = soft_target_cross_entropy(logits, soft)
+    torch.testing.assert_close(per_sample.mean(), F.cross_entropy(logits, soft))
+    labels, lam = torch.randint(5, (6,), generator=g), 0.7
+    mixed = lam * F.one_hot(labels, 5) + (1 - lam) * F.one_hot(labels.flip(0), 5)
+    expected = lam * F.cross_entropy(logits, labels, reduction="none") + (
+        1 - lam
+    ) * F.cross_entropy(logits, labels.flip(0), reduction="none")
+    torch.testing.assert_close(soft_target_cross_entropy(logits, mixed), expected)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        soft_target_cross_entropy(logits, labels)
 
 
 # ---------------------------------------------------------------------- batch independence

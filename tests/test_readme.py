@@ -12,6 +12,8 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     command = next(line for line in ci_lines if line.startswith("python3 -m venv"))
     assert command in (ROOT / "README.md").read_text().splitlines()
     assert "pytest" in command
+    timm_command = next(line for line in ci_lines if line.startswith("python3 -m venv .venv-timm"))
+    assert timm_command in (ROOT / "README.md").read_text().splitlines()
 
 
 def test_readme_shows_the_demo_command() -> None:

@@ -121,6 +121,25 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
             raise AttributeError(name)
         return getattr(self.__dict__["dataset"], name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Reads of the wrapped dataset's attributes pass through (``__getattr__``); a write would
+        # land on this wrapper and silently leave the wrapped dataset as it was.
+        inner = self.__dict__.get("dataset")
+        if (
+            inner is not None
+            and not hasattr(type(self), name)
+            and name not in self.__dict__
+            and hasattr(inner, name)
+        ):
+            raise AttributeError(
+                f"setting {name!r} on InfoBatch would not change the dataset it wraps, whose "
+                f"{name!r} the items come from: set it there (`infobatch_dataset.dataset.{name} "
+                "= ...`, or before wrapping). A loader factory that sets it (timm's "
+                "create_loader sets `transform`) also builds its own sampler: build the loader "
+                "from DataLoader(dataset, sampler=dataset.sampler) instead (README: timm)"
+            )
+        super().__setattr__(name, value)
+
     @property
     def sampler(self) -> InfoBatchSampler:
         """The sampler to give the ``DataLoader`` (always the same object)."""

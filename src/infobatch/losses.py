@@ -39,6 +39,7 @@ __all__ = [
     "masked_patch_loss",
     "per_sample_mean",
     "segmentation_cross_entropy",
+    "soft_target_cross_entropy",
     "sequence_classification_loss",
     "sum_per_sample",
     "supervised_contrastive",
@@ -273,6 +274,24 @@ def masked_patch_loss(
         goal = (goal - mean) / (var + eps).sqrt()
     per_patch = (pred.float() - goal).pow(2).mean(dim=-1)
     return per_sample_mean(per_patch, mask if mask.dtype == torch.bool else mask.float())
+
+
+def soft_target_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy against soft targets per sample, float32 ``[B]``: ``logits`` and
+    ``target [B, C]`` (rows of class probabilities: mixup/cutmix or label smoothing targets).
+
+    The per-sample form of timm's ``SoftTargetCrossEntropy`` (whose mean it equals). After
+    mixup or cutmix, row ``i`` mixes sample ``i`` (weight ``lam``) with another sample of the
+    batch, so its loss scores sample ``i`` partly by its partner: a noisier score. Not exactly
+    unbiased: the partner comes from the batch, and pruning changes who is in it.
+    """
+    if logits.ndim != 2 or logits.shape != target.shape:
+        raise ValueError(
+            f"logits and target must both have shape [batch, classes], got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}; for integer labels use "
+            "F.cross_entropy(logits, labels, reduction='none')"
+        )
+    return -(target.float() * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
 
 
 def info_nce(z1: Tensor, z2: Tensor, *, temperature: float = 0.1) -> Tensor:
