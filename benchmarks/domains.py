@@ -46,6 +46,11 @@ DOMAINS = ("segmentation", "mae", "diffusion", "contrastive", "timm")
 DEFAULT_DOMAINS = DOMAINS[:4]  # timm needs torchvision: run it where timm is installed
 FILES = {"timm": "timm_training"}
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "domains"
+COMMAND = (
+    "python benchmarks/domains.py --seeds 0 1 2 3 4 --threads 1 --jobs 2\n"
+    "# timm, in the environment of README's timm section (.venv-timm):\n"
+    "python benchmarks/domains.py --domains timm --seeds 0 1 2 3 4 --threads 1"
+)
 TITLES = {
     "segmentation": "semantic segmentation (iteration-based, CE + Dice)",
     "mae": "masked-autoencoder pre-training",
@@ -323,7 +328,7 @@ def domain_lines(results: Path, command: str | None = None) -> list[str]:
         "standard error over seeds. Made by:",
         "",
         "```bash",
-        command or "python benchmarks/domains.py --seeds 0 1 2 3 4 --threads 1 --jobs 2",
+        command or COMMAND,
         "```",
         "",
         "| domain | metric | full data | InfoBatch (difference) | saved | fewer-epochs control "

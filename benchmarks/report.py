@@ -1070,6 +1070,11 @@ def write_report(
     rl_lines = grpo_lines(output)
     if rl_lines:
         lines += ["", "## RL post-training: prompt pruning for GRPO", "", *rl_lines]
+    from domains import domain_lines  # noqa: PLC0415  (the examples' harness, issue 17)
+
+    other_domains = domain_lines(output / "domains")
+    if other_domains:
+        lines += ["", *other_domains]
     lines += ["", "## Plots", ""]
     for name, caption in PLOTS.items():
         if (output / name).is_file():

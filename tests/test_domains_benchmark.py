@@ -1,0 +1,74 @@
+"""benchmarks/domains.py: the harness that measures each domain example against full data."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import statistics
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def domains() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("domains_benchmark", BENCHMARKS / "domains.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(config: str, seed: int, metric: float, passes: int, seconds: float = 10.0) -> dict:
+    return {
+        "config": config,
+        "seed": seed,
+        "quick": False,
+        "metric": metric,
+        "sample_passes": passes,
+        "steps": passes // 10,
+        "seconds": seconds,
+    }
+
+
+def test_summary_pairs_by_seed_and_signs_by_the_metrics_direction(domains: ModuleType) -> None:
+    full = {0: 50.0, 1: 54.0, 2: 52.0}
+    infobatch = {0: 49.0, 1: 54.5, 2: 51.0}
+    runs = [_run("full", s, m, 1000) for s, m in full.items()]
+    runs += [_run("infobatch", s, m, 700 + s) for s, m in infobatch.items()]
+    runs += [_run("control", 0, 48.0, 700), _run("control", 7, 10.0, 700)]  # seed 7: unpaired
+    for higher in (True, False):
+        settings = {"metric": "m", "higher_is_better": higher, "infobatch_scale": 1.0}
+        summary = domains.summarise({"settings": settings, "runs": runs})
+        rows = {row["config"]: row for row in summary["rows"]}
+        differences = [infobatch[s] - full[s] for s in full]
+        mean, se = rows["infobatch"]["difference"]
+        assert mean == pytest.approx(statistics.fmean(differences))
+        assert se == pytest.approx(statistics.stdev(differences) / math.sqrt(3))
+        assert rows["infobatch"]["better"] == pytest.approx(mean if higher else -mean)
+        assert rows["infobatch"]["saved"] == pytest.approx(statistics.fmean([0.3, 0.299, 0.298]))
+        assert rows["control"]["seeds"] == 1 and rows["control"]["difference"] == (-2.0, None)
+        assert [row["config"] for row in summary["rows"]] == ["infobatch", "control"]
+    row = domains.readme_row("mae", summary)
+    assert row.startswith("| masked-autoencoder pre-training | m | 52.00 ± 1.15 |")
+    assert "| 30% |" in row and "(-0.50 ± 0.50)" in row
+
+
+def test_the_control_runs_at_infobatchs_sample_passes(domains: ModuleType) -> None:
+    assert domains.control_scale({"sample_passes": 1000}, {"sample_passes": 650}) == 0.65
+
+
+def test_every_domain_example_follows_the_contract(domains: ModuleType) -> None:
+    """The harness imports each example by path: its constants and run() are there."""
+    for domain in domains.DEFAULT_DOMAINS:
+        example = domains.load_example(domain)
+        assert isinstance(example.METRIC, str) and example.METRIC
+        assert isinstance(example.HIGHER_IS_BETTER, bool)
+        assert 0 < example.INFOBATCH_SCALE <= 1
+        assert isinstance(example.VARIANTS, dict)
+        assert callable(example.run) and callable(example.main)
