@@ -359,11 +359,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--no-write", action="store_true", help="keep the results in memory")
+    parser.add_argument(
+        "--table", action="store_true", help="print the stored results' tables; train nothing"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print("\n".join(domain_lines(args.output_dir)))
+        return 0
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"domains {args.domains}, seeds {args.seeds}, {platform.platform()}, {started}")
     stores = run_all(args)

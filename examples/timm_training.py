@@ -278,7 +278,7 @@ def run(
         mixup_fn = Mixup(
             mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=NUM_CLASSES
         )
-    optimizer = create_optimizer_v2(model, "adamw", lr=3e-3, weight_decay=0.05)
+    optimizer = create_optimizer_v2(model, "adamw", lr=1e-2, weight_decay=0.05)
     # what create_scheduler_v2(optimizer, "cosine", num_epochs, warmup_epochs=1) builds, with
     # a length in epochs that may be fractional (the fewer-epochs control); stepped per epoch
     scheduler = CosineLRScheduler(
