@@ -48,6 +48,8 @@ FILES = {"timm": "timm_training"}
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "domains"
 COMMAND = (
     "python benchmarks/domains.py --seeds 0 1 2 3 4 --threads 1 --jobs 2\n"
+    "python benchmarks/domains.py --domains contrastive --length 3 --seeds 0 1 2 --threads 1 "
+    "--no-variants\n"
     "# timm, in the environment of README's timm section (.venv-timm):\n"
     "python benchmarks/domains.py --domains timm --seeds 0 1 2 3 4 --threads 1"
 )
@@ -141,12 +143,19 @@ class Store:
             self.path.write_text(json.dumps(data, indent=1) + "\n")
 
 
-def configs(example: ModuleType) -> list[tuple[str, str, float, dict[str, Any]]]:
+def configs(
+    example: ModuleType, variants: bool = True
+) -> list[tuple[str, str, float, dict[str, Any]]]:
     """(config, method, scale, options) of the runs that need no other run first."""
     rows = [("full", "full", 1.0, {}), ("infobatch", "infobatch", example.INFOBATCH_SCALE, {})]
-    for name, options in example.VARIANTS.items():
+    for name, options in example.VARIANTS.items() if variants else ():
         rows.append((f"infobatch:{name}", "infobatch", example.INFOBATCH_SCALE, dict(options)))
     return rows
+
+
+def length_suffix(length: float) -> str:
+    """The results file's suffix for a schedule ``length`` times the example's default."""
+    return "" if length == 1 else f"_x{length:g}"
 
 
 def control_scale(full: dict[str, Any], infobatch: dict[str, Any]) -> float:
@@ -161,7 +170,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Store]:
     for domain, example in examples.items():
         settings = {"metric": example.METRIC, "higher_is_better": example.HIGHER_IS_BETTER}
         settings["infobatch_scale"] = example.INFOBATCH_SCALE
-        path = args.output_dir / f"{domain}{'_quick' if args.quick else ''}.json"
+        settings["length"] = args.length
+        path = args.output_dir / f"{domain}{length_suffix(args.length)}"
+        path = path.with_name(path.name + ("_quick" if args.quick else "") + ".json")
         stores[domain] = Store(path, settings, write=not args.no_write)
 
     def phase(jobs: list[Job]) -> None:
@@ -177,10 +188,19 @@ def run_all(args: argparse.Namespace) -> dict[str, Store]:
     first = []
     for seed in args.seeds:  # seeds outermost: an interrupted run leaves whole pairs
         for domain, example in examples.items():
-            for config, method, scale, options in configs(example):
+            for config, method, scale, options in configs(example, not args.no_variants):
                 items = tuple(sorted(options.items()))
                 first.append(
-                    Job(domain, config, seed, args.quick, args.threads, scale, method, items)
+                    Job(
+                        domain,
+                        config,
+                        seed,
+                        args.quick,
+                        args.threads,
+                        scale * args.length,
+                        method,
+                        items,
+                    )
                 )
     phase(first)
     controls = []
@@ -189,7 +209,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Store]:
             full = stores[domain].find("full", seed, args.quick)
             infobatch = stores[domain].find("infobatch", seed, args.quick)
             assert full is not None and infobatch is not None
-            scale = control_scale(full, infobatch)
+            scale = control_scale(full, infobatch) * args.length
             controls.append(Job(domain, "control", seed, args.quick, args.threads, scale, "full"))
     phase(controls)
     return stores
@@ -295,7 +315,7 @@ def domain_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def readme_row(domain: str, summary: dict[str, Any]) -> str:
+def readme_row(domain: str, summary: dict[str, Any], title: str | None = None) -> str:
     """The README's row: domain, metric, full data, InfoBatch, saved, fewer-epochs control."""
     rows = {row["config"]: row for row in summary["rows"]}
     infobatch, control = rows.get("infobatch"), rows.get("control")
@@ -307,25 +327,44 @@ def readme_row(domain: str, summary: dict[str, Any]) -> str:
 
     saved = f"{infobatch['saved']:.0%}" if infobatch else "-"
     return (
-        f"| {TITLES.get(domain, domain)} | {summary['metric']} | {_pm(summary['full'])} "
+        f"| {title or TITLES.get(domain, domain)} | {summary['metric']} | {_pm(summary['full'])} "
         f"| {cell(infobatch)} | {saved} | {cell(control)} |"
     )
 
 
+def _result_files(results: Path) -> list[tuple[str, float, Path]]:
+    """(domain, length, path) of the stored results: each domain's default schedule first,
+    then its longer or shorter ones (``--length``); quick runs are left out."""
+    found = []
+    for domain in DOMAINS:
+        for path in sorted(results.glob(f"{domain}*.json")):
+            suffix = path.stem[len(domain) :]
+            if suffix == "":
+                found.append((domain, 1.0, path))
+            elif suffix.startswith("_x") and not suffix.endswith("_quick"):
+                found.append((domain, float(suffix[2:]), path))
+    return sorted(found, key=lambda item: (DOMAINS.index(item[0]), item[1] != 1, item[1]))
+
+
+def _title(domain: str, length: float) -> str:
+    title = TITLES.get(domain, domain)
+    return title if length == 1 else f"{title}, {length:g}x the schedule"
+
+
 def domain_lines(results: Path, command: str | None = None) -> list[str]:
     """BENCHMARKS.md's section for the domains, from ``results/domains/*.json``."""
-    found = [(domain, results / f"{domain}.json") for domain in DOMAINS]
-    found = [(domain, path) for domain, path in found if path.is_file()]
+    found = _result_files(results)
     if not found:
         return []
     lines = [
-        "## The paper's other domains: segmentation, MAE, diffusion, contrastive",
+        "## The paper's other domains: segmentation, MAE, diffusion, contrastive, timm",
         "",
         "Each example of `examples/` trained with full data, with InfoBatch at its defaults",
         "(`prune_ratio=0.5`, `delta=0.875`), with the example's variants, and the control: full",
         "data trained for proportionally fewer epochs or iterations, at the InfoBatch run's",
         "sample passes. Differences are paired by seed (same data, same initial model), ± one",
-        "standard error over seeds. Made by:",
+        "standard error over seeds. Wall-clock savings are medians of paired ratios on a shared",
+        "2-core machine: indicative only. Made by:",
         "",
         "```bash",
         command or COMMAND,
@@ -335,17 +374,18 @@ def domain_lines(results: Path, command: str | None = None) -> list[str]:
         "(difference) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    summaries = {}
-    for domain, path in found:
-        summaries[domain] = summarise(json.loads(path.read_text()))
-        lines.append(readme_row(domain, summaries[domain]))
-    for domain, _ in found:
+    summaries = []
+    for domain, length, path in found:
+        summary = summarise(json.loads(path.read_text()))
+        summaries.append((domain, length, summary))
+        lines.append(readme_row(domain, summary, title=_title(domain, length)))
+    for domain, length, summary in summaries:
         lines += [
             "",
-            f"### {TITLES.get(domain, domain)} (`examples/{FILES.get(domain, domain)}.py`)",
+            f"### {_title(domain, length)} (`examples/{FILES.get(domain, domain)}.py`)",
             "",
         ]
-        lines += domain_table(summaries[domain])
+        lines += domain_table(summary)
     return lines + [""]
 
 
@@ -355,9 +395,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DEFAULT_DOMAINS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--quick", action="store_true", help="the examples' tiny versions")
+    parser.add_argument(
+        "--length",
+        type=float,
+        default=1.0,
+        help="every run's schedule this many times the example's default (results in "
+        "<domain>_x<length>.json): is the gap a short-schedule effect?",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--no-variants", action="store_true", help="full, InfoBatch, control")
     parser.add_argument("--no-write", action="store_true", help="keep the results in memory")
     parser.add_argument(
         "--table", action="store_true", help="print the stored results' tables; train nothing"

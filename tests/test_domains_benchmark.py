@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import statistics
 import sys
@@ -72,3 +73,23 @@ def test_every_domain_example_follows_the_contract(domains: ModuleType) -> None:
         assert 0 < example.INFOBATCH_SCALE <= 1
         assert isinstance(example.VARIANTS, dict)
         assert callable(example.run) and callable(example.main)
+
+
+def test_report_lists_each_schedule_length_and_leaves_quick_runs_out(
+    domains: ModuleType, tmp_path: Path
+) -> None:
+    settings = {"metric": "m", "higher_is_better": True, "infobatch_scale": 1.0}
+    runs = [_run("full", 0, 50.0, 1000), _run("infobatch", 0, 49.0, 700)]
+    runs += [_run("full", 1, 52.0, 1000), _run("infobatch", 1, 52.0, 700)]
+    for length in (1.0, 3.0):
+        suffix = domains.length_suffix(length)
+        for quick in ("", "_quick"):
+            path = tmp_path / f"mae{suffix}{quick}.json"
+            path.write_text(json.dumps({"settings": settings, "runs": runs}))
+    assert domains.length_suffix(1.0) == "" and domains.length_suffix(3.0) == "_x3"
+    found = domains._result_files(tmp_path)
+    assert [(domain, length) for domain, length, _ in found] == [("mae", 1.0), ("mae", 3.0)]
+    lines = domains.domain_lines(tmp_path)
+    rows = [line for line in lines if line.startswith("| masked-autoencoder")]
+    assert len(rows) == 2 and "3x the schedule" in rows[1]
+    assert "(-0.50 ± 0.50)" in rows[0]
