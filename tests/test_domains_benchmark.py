@@ -93,3 +93,25 @@ def test_report_lists_each_schedule_length_and_leaves_quick_runs_out(
     rows = [line for line in lines if line.startswith("| masked-autoencoder")]
     assert len(rows) == 2 and "3x the schedule" in rows[1]
     assert "(-0.50 ± 0.50)" in rows[0]
+
+
+def test_a_quick_run_pairs_full_infobatch_and_the_control_at_infobatchs_passes(
+    domains: ModuleType, tmp_path: Path
+) -> None:
+    args = domains.parse_args(
+        ["--domains", "segmentation", "--quick", "--seeds", "0", "--no-variants"]
+        + ["--output-dir", str(tmp_path)]
+    )
+    stores = domains.run_all(args)
+    runs = stores["segmentation"].runs
+    assert sorted(run["config"] for run in runs.values()) == ["control", "full", "infobatch"]
+    full = stores["segmentation"].find("full", 0, True)
+    infobatch = stores["segmentation"].find("infobatch", 0, True)
+    control = stores["segmentation"].find("control", 0, True)
+    assert infobatch["sample_passes"] < full["sample_passes"]
+    assert control["scale"] == pytest.approx(infobatch["sample_passes"] / full["sample_passes"])
+    batch = full["sample_passes"] // full["steps"]
+    assert abs(control["sample_passes"] - infobatch["sample_passes"]) <= batch
+    stored = json.loads((tmp_path / "segmentation_quick.json").read_text())
+    assert len(stored["runs"]) == 3 and stored["settings"]["length"] == 1.0
+    assert domains.domain_lines(tmp_path) == []  # quick runs stay out of the report
