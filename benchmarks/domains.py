@@ -48,8 +48,8 @@ FILES = {"timm": "timm_training"}
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "domains"
 COMMAND = (
     "python benchmarks/domains.py --seeds 0 1 2 3 4 --threads 1 --jobs 2\n"
-    "python benchmarks/domains.py --domains contrastive --length 3 --seeds 0 1 2 --threads 1 "
-    "--no-variants\n"
+    "python benchmarks/domains.py --domains segmentation mae contrastive --length 3 --seeds 0 1 2 "
+    "--threads 1 --jobs 2 --no-variants\n"
     "# timm, in the environment of README's timm section (.venv-timm):\n"
     "python benchmarks/domains.py --domains timm --seeds 0 1 2 3 4 --threads 1"
 )
