@@ -89,10 +89,6 @@ class Job:
     method: str
     options: tuple[tuple[str, Any], ...] = ()
 
-    @property
-    def key(self) -> str:
-        return f"{self.config}|{self.seed}|{int(self.quick)}"
-
 
 def execute(job: Job) -> dict[str, Any]:
     """Run one job in this process (the worker of ``--jobs``) and return its stored record."""
@@ -121,6 +117,10 @@ def execute(job: Job) -> dict[str, Any]:
     }
 
 
+def _key(config: str, seed: int, quick: bool) -> str:
+    return f"{config}|{seed}|{int(quick)}"
+
+
 class Store:
     """A domain's runs in one JSON file, written after each run."""
 
@@ -130,13 +130,13 @@ class Store:
         if path.is_file():
             data = json.loads(path.read_text())
             for run in data.get("runs", []):
-                self.runs[f"{run['config']}|{run['seed']}|{int(run['quick'])}"] = run
+                self.runs[_key(run["config"], run["seed"], run["quick"])] = run
 
     def find(self, config: str, seed: int, quick: bool) -> dict[str, Any] | None:
-        return self.runs.get(f"{config}|{seed}|{int(quick)}")
+        return self.runs.get(_key(config, seed, quick))
 
     def add(self, run: dict[str, Any]) -> None:
-        self.runs[f"{run['config']}|{run['seed']}|{int(run['quick'])}"] = run
+        self.runs[_key(run["config"], run["seed"], run["quick"])] = run
         if self.write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             data = {"settings": self.settings, "runs": list(self.runs.values())}

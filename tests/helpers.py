@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script (an example, a benchmark) by path, registered in ``sys.modules`` under
+    ``name`` (dataclasses and pickling look a module up there)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 #: Arguments that make each registered policy of ``infobatch.policies`` prune on a small run.
 POLICY_ARGUMENTS: dict[str, dict[str, Any]] = {

@@ -46,6 +46,8 @@ def test_setting_an_attribute_of_the_wrapped_dataset_on_the_wrapper_is_refused()
     assert dataset.classes == ["a", "b"]
     dataset.note = "mine"  # not an attribute of the wrapped dataset: the wrapper's own
     assert dataset.note == "mine" and not hasattr(base, "note")
+    outer = InfoBatch(dataset, 4)  # the wrapper's own attributes, though the inner has them
+    assert outer.dataset is dataset and outer.sampler is not dataset.sampler
 
 
 def test_sampler_property_is_one_object() -> None:

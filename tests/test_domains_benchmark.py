@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.helpers import load_script
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def domains() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("domains_benchmark", BENCHMARKS / "domains.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARKS / "domains.py", "domains_benchmark")
 
 
 def _run(config: str, seed: int, metric: float, passes: int, seconds: float = 10.0) -> dict:

@@ -4,16 +4,16 @@ are deterministic."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+
+from tests.helpers import load_script
 
 pytest.importorskip("mnist1d")
 
@@ -23,12 +23,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "contrastive.py"
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
     """Import ``examples/contrastive.py`` by path (registered: its dataclasses look it up)."""
-    spec = importlib.util.spec_from_file_location("example_contrastive", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "example_contrastive")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ smooths them, the Frechet distance is sane, and a seed reproduces its result."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from tests.helpers import load_script
 
 pytest.importorskip("sklearn")
 
@@ -31,12 +31,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def diffusion() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_diffusion", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "example_diffusion")
 
 
 @pytest.fixture(scope="module")

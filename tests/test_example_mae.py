@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "mae.py"
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
-def _load() -> ModuleType:
-    """Import ``examples/mae.py`` (a script, not a package) by path."""
-    spec = importlib.util.spec_from_file_location("example_mae", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mae = _load()
+mae = load_script(SCRIPT, "example_mae")  # a script, not a package
 needs_mnist = pytest.mark.skipif(
     not (MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"MNIST IDX files not in {MNIST}"
 )

@@ -6,30 +6,21 @@ poly schedule ends at the last iteration; mIoU lies in [0, 100]; same seed, same
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
+from tests.helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "segmentation.py"
 
 
-def _load() -> ModuleType:
-    """Import ``examples/segmentation.py`` (a script, not a package) by path."""
-    spec = importlib.util.spec_from_file_location("example_segmentation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-seg = _load()
+seg = load_script(SCRIPT, "example_segmentation")  # a script, not a package
 QUICK = seg.QUICK
 
 

@@ -6,15 +6,15 @@ environment that has it: see ``.ci/run``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+
+from tests.helpers import load_script
 
 timm = pytest.importorskip("timm")
 
@@ -25,12 +25,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "timm_training.p
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_timm_training", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "example_timm_training")
 
 
 def _pipeline(example: ModuleType, seed: int = 0) -> dict[str, Any]:

@@ -127,6 +127,7 @@ class InfoBatch(Dataset[T_co], Generic[T_co]):
         inner = self.__dict__.get("dataset")
         if (
             inner is not None
+            and name not in ("dataset", "_sampler")  # the wrapper's own, set in __init__
             and not hasattr(type(self), name)
             and name not in self.__dict__
             and hasattr(inner, name)
